@@ -1,0 +1,448 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.c
+ *		Module start: settings, shared memory and the launcher registration.
+ *
+ * Everything that must exist in every process of the server lives here:
+ * the outbox.* settings, the shared state (UUIDv7 generator, one slot per
+ * relayed database with its worker's latch), and the utility hook that lets
+ * DROP DATABASE stop a database's relay worker instead of failing on it.
+ *
+ * Copyright (c) 2026, the outbox developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+#include <signal.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "tcop/utility.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#include "outbox.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+/* Settings; README.md documents each one with its default. */
+char	   *outbox_databases = NULL;
+char	   *outbox_role = NULL;
+char	   *outbox_publisher_name = NULL;
+int			outbox_poll_interval = 1000;
+int			outbox_batch_size = 100;
+int			outbox_max_retries = 5;
+int			outbox_retry_backoff = 1000;
+int			outbox_retry_backoff_max = 300000;
+int			outbox_processing_timeout = 60000;
+int			outbox_retention = 7 * 24 * 3600;
+int			outbox_ordering = OUTBOX_ORDERING_KEY;
+char	   *outbox_notify_channel = NULL;
+bool		outbox_enabled = true;
+
+static const struct config_enum_entry ordering_options[] = {
+	{"key", OUTBOX_ORDERING_KEY, false},
+	{"none", OUTBOX_ORDERING_NONE, false},
+	{NULL, 0, false}
+};
+
+OutboxSharedState *OutboxShared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
+
+/* How long DROP DATABASE waits for the database's worker to exit. */
+#define DROP_DATABASE_WAIT_MS	5000
+
+/*
+ * Check outbox.databases: a list of database names, each shorter than
+ * NAMEDATALEN, at most OUTBOX_MAX_DATABASES of them.
+ */
+static bool
+check_databases(char **newval, void **extra, GucSource source)
+{
+	char	   *rawstring = pstrdup(*newval);
+	List	   *names = NIL;
+	ListCell   *lc;
+	bool		ok = true;
+
+	if (!SplitIdentifierString(rawstring, ',', &names))
+	{
+		GUC_check_errdetail("List syntax is invalid.");
+		ok = false;
+	}
+	else if (list_length(names) > OUTBOX_MAX_DATABASES)
+	{
+		GUC_check_errdetail("At most %d databases can be relayed.",
+							OUTBOX_MAX_DATABASES);
+		ok = false;
+	}
+	else
+	{
+		foreach(lc, names)
+		{
+			if (strlen((char *) lfirst(lc)) >= NAMEDATALEN)
+			{
+				GUC_check_errdetail("Database name \"%s\" is too long.",
+									(char *) lfirst(lc));
+				ok = false;
+				break;
+			}
+		}
+	}
+	list_free(names);
+	pfree(rawstring);
+	return ok;
+}
+
+/*
+ * Check outbox.publisher: a plain lower-case name.  Whether a publisher of
+ * that name is registered can only be known in the worker, since a
+ * publisher may come from a library loaded after this one.
+ */
+static bool
+check_publisher(char **newval, void **extra, GucSource source)
+{
+	const char *p;
+
+	if (**newval == '\0')
+	{
+		GUC_check_errdetail("The publisher name must not be empty.");
+		return false;
+	}
+	for (p = *newval; *p; p++)
+	{
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+		{
+			GUC_check_errdetail("Publisher names consist of lower-case letters, digits and underscores.");
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Check outbox.notify_channel: empty, or a valid channel name. */
+static bool
+check_notify_channel(char **newval, void **extra, GucSource source)
+{
+	if (strlen(*newval) >= NAMEDATALEN)
+	{
+		GUC_check_errdetail("A channel name must be shorter than %d bytes.",
+							NAMEDATALEN);
+		return false;
+	}
+	return true;
+}
+
+/* Define every outbox.* setting. */
+static void
+define_settings(void)
+{
+	DefineCustomStringVariable("outbox.databases",
+							   "Databases whose outbox the relay workers publish.",
+							   "Comma-separated list of database names.",
+							   &outbox_databases,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   GUC_LIST_INPUT,
+							   check_databases, NULL, NULL);
+
+	DefineCustomStringVariable("outbox.role",
+							   "Role the relay workers connect as.",
+							   "Empty means the bootstrap superuser.",
+							   &outbox_role,
+							   "",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("outbox.publisher",
+							   "Name of the publisher that delivers messages.",
+							   NULL,
+							   &outbox_publisher_name,
+							   "notify",
+							   PGC_SIGHUP,
+							   0,
+							   check_publisher, NULL, NULL);
+
+	DefineCustomIntVariable("outbox.poll_interval",
+							"Longest time the worker sleeps when it is not woken.",
+							"Commits that save messages wake the worker at once; this is the fallback.",
+							&outbox_poll_interval,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("outbox.batch_size",
+							"Most messages claimed and published at once.",
+							NULL,
+							&outbox_batch_size,
+							100, 1, 10000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("outbox.max_retries",
+							"Failed attempts after which a message becomes failed.",
+							NULL,
+							&outbox_max_retries,
+							5, 0, 1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("outbox.retry_backoff",
+							"Delay before the first retry; it doubles with each further one.",
+							NULL,
+							&outbox_retry_backoff,
+							1000, 1, 24 * 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("outbox.retry_backoff_max",
+							"Longest delay between two attempts.",
+							NULL,
+							&outbox_retry_backoff_max,
+							300000, 1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("outbox.processing_timeout",
+							"Time after which a claimed message that was not marked returns to pending.",
+							NULL,
+							&outbox_processing_timeout,
+							60000, 1000, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("outbox.retention",
+							"Age after which processed messages are deleted; -1 keeps them forever.",
+							NULL,
+							&outbox_retention,
+							7 * 24 * 3600, -1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("outbox.ordering",
+							 "Whether messages of one key are published strictly in order.",
+							 "\"key\" holds a message back while an earlier one of its key is pending; \"none\" does not.",
+							 &outbox_ordering,
+							 OUTBOX_ORDERING_KEY,
+							 ordering_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("outbox.notify_channel",
+							   "Channel the notify publisher uses; empty means each message's topic.",
+							   NULL,
+							   &outbox_notify_channel,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_notify_channel, NULL, NULL);
+
+	DefineCustomBoolVariable("outbox.enabled",
+							 "Whether the relay workers publish; off pauses them.",
+							 NULL,
+							 &outbox_enabled,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("outbox");
+}
+
+/* Ask for the shared memory the extension needs. */
+static void
+outbox_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(OutboxSharedState)));
+}
+
+/* Create or attach to the shared state. */
+static void
+outbox_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	OutboxShared = ShmemInitStruct("outbox", sizeof(OutboxSharedState), &found);
+	if (!found)
+	{
+		memset(OutboxShared, 0, sizeof(OutboxSharedState));
+		SpinLockInit(&OutboxShared->mutex);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Raise an error when the library was not preloaded: without the shared
+ * state there are neither increasing ids nor workers to wake.
+ */
+void
+outbox_require_shared_state(void)
+{
+	if (OutboxShared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("outbox must be loaded via shared_preload_libraries"),
+				 errhint("Add outbox to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* Wake the launcher, for example to start a worker that a commit asked for. */
+void
+outbox_wake_launcher(void)
+{
+	Latch	   *latch;
+
+	SpinLockAcquire(&OutboxShared->mutex);
+	latch = OutboxShared->launcher_latch;
+	SpinLockRelease(&OutboxShared->mutex);
+	if (latch)
+		SetLatch(latch);
+}
+
+/*
+ * Before DROP DATABASE runs, stop the relay worker connected to that
+ * database and keep the launcher from restarting it for a while, so that
+ * the drop does not fail with "database is being accessed by other users".
+ */
+static void
+stop_worker_for_drop(const char *dbname)
+{
+	int			i;
+	pid_t		pid = 0;
+	int			waited_ms;
+
+	SpinLockAcquire(&OutboxShared->mutex);
+	for (i = 0; i < OutboxShared->nslots; i++)
+	{
+		OutboxWorkerSlot *slot = &OutboxShared->slots[i];
+
+		if (strcmp(slot->dbname, dbname) == 0)
+		{
+			slot->paused_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															 60 * 1000);
+			pid = slot->pid;
+		}
+	}
+	SpinLockRelease(&OutboxShared->mutex);
+
+	if (pid == 0)
+		return;
+
+	kill(pid, SIGTERM);
+	for (waited_ms = 0; waited_ms < DROP_DATABASE_WAIT_MS; waited_ms += 10)
+	{
+		bool		gone = true;
+
+		SpinLockAcquire(&OutboxShared->mutex);
+		for (i = 0; i < OutboxShared->nslots; i++)
+		{
+			if (OutboxShared->slots[i].pid == pid)
+				gone = false;
+		}
+		SpinLockRelease(&OutboxShared->mutex);
+		if (gone)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(10 * 1000L);
+	}
+}
+
+/* Let the launcher restart a worker paused for a DROP DATABASE that ended. */
+static void
+resume_worker_after_drop(const char *dbname)
+{
+	int			i;
+
+	SpinLockAcquire(&OutboxShared->mutex);
+	for (i = 0; i < OutboxShared->nslots; i++)
+	{
+		if (strcmp(OutboxShared->slots[i].dbname, dbname) == 0)
+			OutboxShared->slots[i].paused_until = 0;
+	}
+	SpinLockRelease(&OutboxShared->mutex);
+	outbox_wake_launcher();
+}
+
+/* Utility hook: make way for DROP DATABASE of a relayed database. */
+static void
+outbox_process_utility(PlannedStmt *pstmt, const char *queryString,
+					   bool readOnlyTree, ProcessUtilityContext context,
+					   ParamListInfo params, QueryEnvironment *queryEnv,
+					   DestReceiver *dest, QueryCompletion *qc)
+{
+	const char *volatile dropped_db = NULL;
+
+	if (OutboxShared != NULL && IsA(pstmt->utilityStmt, DropdbStmt))
+	{
+		dropped_db = ((DropdbStmt *) pstmt->utilityStmt)->dbname;
+		stop_worker_for_drop(dropped_db);
+	}
+
+	PG_TRY();
+	{
+		if (prev_process_utility_hook)
+			prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
+									  params, queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+	}
+	PG_CATCH();
+	{
+		/* The drop failed: the database stays, so should its worker. */
+		if (dropped_db)
+			resume_worker_after_drop(dropped_db);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Module load: define the settings in every process; when preloaded, also
+ * set up shared memory, the utility hook, the launcher and the built-in
+ * publishers.
+ */
+void
+_PG_init(void)
+{
+	define_settings();
+	outbox_register_notify_publisher();
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = outbox_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = outbox_shmem_startup;
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = outbox_process_utility;
+
+	outbox_register_launcher();
+}

@@ -1,0 +1,119 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_publisher.h
+ *		The publisher interface of the outbox extension.
+ *
+ * A publisher takes a batch of claimed messages and delivers them somewhere
+ * (NOTIFY, an HTTP endpoint, a broker), reporting one result per message.
+ * The relay worker knows publishers only through this interface, and the
+ * built-in publishers use it exactly as a third-party one would: another
+ * extension, listed after "outbox" in shared_preload_libraries, calls
+ * OutboxRegisterPublisher() from its _PG_init() and can then be selected
+ * with outbox.publisher = '<name>'.
+ *
+ * The worker calls the callbacks in its own process:
+ *	- init() once before the first batch (and again after a reload that
+ *	  selected this publisher), outside any transaction unless the publisher
+ *	  is transactional;
+ *	- publish() with a batch in id order containing at most one message per
+ *	  non-empty key at a time, so a publisher may deliver the whole batch
+ *	  concurrently without breaking per-key order;
+ *	- reload() after SIGHUP, so that changed settings apply to the next batch;
+ *	- shutdown() when the worker exits or switches to another publisher.
+ *
+ * Transactional publishers (in_transaction = true, like NOTIFY) are called
+ * inside the transaction that claims and marks the batch: their effect
+ * happens at commit.  All others are called with no transaction open, and
+ * must never block for long without calling OutboxPublisherWait(), which
+ * services the worker's latch, interrupts and postmaster death.
+ *
+ * Copyright (c) 2026, the outbox developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef OUTBOX_PUBLISHER_H
+#define OUTBOX_PUBLISHER_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "utils/jsonb.h"
+#include "utils/uuid.h"
+
+/* Bumped whenever the structs below change incompatibly. */
+#define OUTBOX_PUBLISHER_API_VERSION 1
+
+/* One message handed to a publisher; all fields are read-only. */
+typedef struct OutboxMessage
+{
+	pg_uuid_t	id;
+	char		id_text[UUID_LEN * 2 + 5];	/* canonical text form */
+	const char *topic;
+	const char *key;			/* "" when the message has no key */
+	const char *payload;		/* raw bytes, not NUL-terminated */
+	int			payload_len;
+	Jsonb	   *headers;		/* always a JSON object */
+	TimestampTz created_at;
+	int			retries;		/* failed attempts so far */
+} OutboxMessage;
+
+/* What happened to one message. */
+typedef enum OutboxPublishStatus
+{
+	OUTBOX_PUBLISH_OK,			/* delivered and confirmed */
+	OUTBOX_PUBLISH_RETRY,		/* failed attempt: retry after backoff */
+	OUTBOX_PUBLISH_REJECT,		/* can never succeed: mark failed now */
+	OUTBOX_PUBLISH_SKIPPED		/* not attempted: back to pending as is */
+} OutboxPublishStatus;
+
+/*
+ * A publisher fills one of these per message.  The worker zeroes the array
+ * before each publish() call, so an untouched entry means OUTBOX_PUBLISH_OK
+ * with no error; publishers should still set every status explicitly.
+ */
+typedef struct OutboxPublishResult
+{
+	OutboxPublishStatus status;
+	char	   *error;			/* palloc'd text for last_error, or NULL */
+	TimestampTz retry_at;		/* earliest next attempt, 0 = backoff */
+} OutboxPublishResult;
+
+typedef struct OutboxPublisher
+{
+	int			api_version;	/* OUTBOX_PUBLISHER_API_VERSION */
+	const char *name;			/* value of outbox.publisher selecting it */
+	bool		in_transaction; /* publish inside the marking transaction */
+
+	/*
+	 * Optional check of a topic at save time, in the saving backend: return
+	 * NULL when the topic is fine, else a palloc'd reason, which becomes the
+	 * errdetail of the ERROR raised by outbox.save().
+	 */
+	char	   *(*check_topic) (const char *topic);
+
+	void		(*init) (void);
+	void		(*publish) (OutboxMessage *messages, int nmessages,
+							OutboxPublishResult *results);
+	void		(*reload) (void);
+	void		(*shutdown) (void);
+} OutboxPublisher;
+
+/* Signature of OutboxRegisterPublisher, for load_external_function(). */
+typedef void (*OutboxRegisterPublisher_type) (const OutboxPublisher *publisher);
+
+/*
+ * Make a publisher selectable by name.  Call from _PG_init() of a library
+ * in shared_preload_libraries; the struct must live for the process's life.
+ */
+extern PGDLLEXPORT void OutboxRegisterPublisher(const OutboxPublisher *publisher);
+
+/*
+ * Wait up to timeout_ms for the worker's latch, an interrupt or one of the
+ * given socket events (pass PGINVALID_SOCKET and 0 to wait for none).
+ * Handles SIGTERM (exits), SIGHUP (sets a flag the worker acts on after the
+ * batch) and postmaster death.  Returns the WaitLatchOrSocket() result.
+ */
+extern PGDLLEXPORT int OutboxPublisherWait(pgsocket sock, int socket_events,
+										   long timeout_ms);
+
+#endif							/* OUTBOX_PUBLISHER_H */

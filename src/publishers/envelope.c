@@ -1,0 +1,119 @@
+/*-------------------------------------------------------------------------
+ *
+ * envelope.c
+ *		The JSON envelope that carries a whole message as one text, for
+ *		transports without separate headers (NOTIFY).
+ *
+ *		{"id": ..., "topic": ..., "key": ..., "headers": {...},
+ *		 "payload": ..., "created_at": ...}
+ *
+ * The payload is embedded as JSON when it is valid JSON, as a JSON string
+ * when it is other UTF-8 text, and otherwise as base64 with
+ * "payload_encoding": "base64".
+ *
+ * Copyright (c) 2026, the outbox developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/base64.h"
+#include "common/jsonapi.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "outbox.h"
+
+/* How the payload goes into the envelope. */
+typedef enum PayloadForm
+{
+	PAYLOAD_JSON,
+	PAYLOAD_TEXT,
+	PAYLOAD_BASE64
+} PayloadForm;
+
+/*
+ * Decide how to embed a payload.  Text must be valid UTF-8 and, in a
+ * database of another encoding, plain ASCII, so that it reads the same in
+ * the notification (which is in the database encoding).  On success *text
+ * is a NUL-terminated copy.
+ */
+static PayloadForm
+payload_form(const OutboxMessage *message, char **text)
+{
+	JsonLexContext *lex;
+
+	if (!pg_verify_mbstr(PG_UTF8, message->payload, message->payload_len, true))
+		return PAYLOAD_BASE64;
+	if (GetDatabaseEncoding() != PG_UTF8)
+	{
+		int			i;
+
+		for (i = 0; i < message->payload_len; i++)
+		{
+			if (IS_HIGHBIT_SET(message->payload[i]))
+				return PAYLOAD_BASE64;
+		}
+	}
+	*text = pnstrdup(message->payload, message->payload_len);
+	lex = makeJsonLexContextCstringLen(*text, message->payload_len,
+									   GetDatabaseEncoding(), false);
+	if (message->payload_len > 0 &&
+		pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS)
+		return PAYLOAD_JSON;
+	return PAYLOAD_TEXT;
+}
+
+/* Build the envelope of a message, palloc'd in the current context. */
+char *
+outbox_message_envelope(const OutboxMessage *message)
+{
+	StringInfoData buf;
+	char	   *text = NULL;
+	char	   *created_at;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"id\": \"");
+	appendStringInfoString(&buf, message->id_text);
+	appendStringInfoString(&buf, "\", \"topic\": ");
+	escape_json(&buf, message->topic);
+	appendStringInfoString(&buf, ", \"key\": ");
+	escape_json(&buf, message->key);
+	appendStringInfoString(&buf, ", \"headers\": ");
+	(void) JsonbToCString(&buf, &message->headers->root, VARSIZE(message->headers));
+	appendStringInfoString(&buf, ", \"payload\": ");
+
+	switch (payload_form(message, &text))
+	{
+		case PAYLOAD_JSON:
+			appendStringInfoString(&buf, text);
+			break;
+		case PAYLOAD_TEXT:
+			escape_json(&buf, text);
+			break;
+		case PAYLOAD_BASE64:
+			{
+				int			enclen = pg_b64_enc_len(message->payload_len);
+				char	   *encoded = palloc(enclen + 1);
+				int			written;
+
+				written = pg_b64_encode(message->payload, message->payload_len,
+										encoded, enclen);
+				if (written < 0)
+					elog(ERROR, "could not encode outbox payload as base64");
+				encoded[written] = '\0';
+				appendStringInfo(&buf, "\"%s\", \"payload_encoding\": \"base64\"", encoded);
+				pfree(encoded);
+			}
+			break;
+	}
+
+	created_at = JsonEncodeDateTime(NULL, TimestampTzGetDatum(message->created_at),
+									TIMESTAMPTZOID, NULL);
+	appendStringInfo(&buf, ", \"created_at\": \"%s\"}", created_at);
+	return buf.data;
+}

@@ -1,0 +1,430 @@
+/*-------------------------------------------------------------------------
+ *
+ * save.c
+ *		The save path: outbox.save(), message ids, and the commit-time wake-up.
+ *
+ * outbox.save() validates its arguments, takes an increasing UUIDv7 from
+ * the shared generator and inserts the row through a plan prepared once per
+ * backend.  Both save() and the column default outbox.next_id() (which the
+ * batch path INSERT ... SELECT uses) note that this transaction saved
+ * messages; a transaction callback, registered once per backend, then sets
+ * the relay worker's latch when the transaction commits.  A rollback wakes
+ * nobody.
+ *
+ * Copyright (c) 2026, the outbox developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "outbox.h"
+
+PG_FUNCTION_INFO_V1(outbox_save_bytea);
+PG_FUNCTION_INFO_V1(outbox_save_text);
+PG_FUNCTION_INFO_V1(outbox_save_jsonb);
+PG_FUNCTION_INFO_V1(outbox_next_id);
+PG_FUNCTION_INFO_V1(outbox_valid_headers);
+
+/* Longest key, in bytes: keys live in a btree index. */
+#define OUTBOX_MAX_KEY_LEN 1024
+
+/* The counter part of a UUIDv7 id: 12 bits of rand_a and 30 of rand_b. */
+#define ID_COUNTER_BITS 42
+
+/* Whether the current transaction saved messages. */
+static bool wake_at_commit = false;
+
+/* Whether the transaction callback is registered in this backend. */
+static bool xact_callback_registered = false;
+
+/* This backend's database name, to find its slot when no worker runs. */
+static char *my_database_name = NULL;
+
+/* The INSERT of outbox.save(), prepared once per backend. */
+static SPIPlanPtr save_plan = NULL;
+
+/*
+ * Make a new message id: a UUIDv7 whose 42 bits after the millisecond
+ * timestamp are a counter shared by all backends, so every id is larger
+ * than any id made before it on this server, even within one millisecond.
+ * A clock that steps back keeps using the last millisecond seen.
+ */
+void
+outbox_generate_id(pg_uuid_t *id)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		now_ms;
+	uint64		fresh_counter = pg_prng_uint64(&pg_global_prng_state) &
+		((UINT64CONST(1) << (ID_COUNTER_BITS - 1)) - 1);
+	uint32		tail = (uint32) pg_prng_uint64(&pg_global_prng_state);
+	uint64		ms;
+	uint64		counter;
+	unsigned char *b = id->data;
+
+	outbox_require_shared_state();
+
+	now_ms = (uint64) (now / 1000) +
+		(uint64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+
+	SpinLockAcquire(&OutboxShared->mutex);
+	if (now_ms > OutboxShared->id_last_ms)
+	{
+		OutboxShared->id_last_ms = now_ms;
+		OutboxShared->id_last_counter = fresh_counter;
+	}
+	else if (++OutboxShared->id_last_counter >= (UINT64CONST(1) << ID_COUNTER_BITS))
+	{
+		/* Counter exhausted within one millisecond: borrow the next one. */
+		OutboxShared->id_last_ms++;
+		OutboxShared->id_last_counter = 0;
+	}
+	ms = OutboxShared->id_last_ms;
+	counter = OutboxShared->id_last_counter;
+	SpinLockRelease(&OutboxShared->mutex);
+
+	b[0] = (unsigned char) (ms >> 40);
+	b[1] = (unsigned char) (ms >> 32);
+	b[2] = (unsigned char) (ms >> 24);
+	b[3] = (unsigned char) (ms >> 16);
+	b[4] = (unsigned char) (ms >> 8);
+	b[5] = (unsigned char) ms;
+	b[6] = (unsigned char) (0x70 | ((counter >> 38) & 0x0F));	/* version 7 */
+	b[7] = (unsigned char) (counter >> 30);
+	b[8] = (unsigned char) (0x80 | ((counter >> 24) & 0x3F));	/* variant */
+	b[9] = (unsigned char) (counter >> 16);
+	b[10] = (unsigned char) (counter >> 8);
+	b[11] = (unsigned char) counter;
+	b[12] = (unsigned char) (tail >> 24);
+	b[13] = (unsigned char) (tail >> 16);
+	b[14] = (unsigned char) (tail >> 8);
+	b[15] = (unsigned char) tail;
+}
+
+/*
+ * At commit of a transaction that saved messages, set the latch of this
+ * database's relay worker; when none runs, ask the launcher to start one.
+ */
+static void
+outbox_xact_callback(XactEvent event, void *arg)
+{
+	int			i;
+	Latch	   *worker_latch = NULL;
+	bool		need_launcher = false;
+
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			wake_at_commit = false;
+			return;
+		default:
+			return;
+	}
+
+	if (!wake_at_commit || OutboxShared == NULL)
+		return;
+	wake_at_commit = false;
+
+	SpinLockAcquire(&OutboxShared->mutex);
+	for (i = 0; i < OutboxShared->nslots; i++)
+	{
+		OutboxWorkerSlot *slot = &OutboxShared->slots[i];
+
+		if (slot->pid != 0 && slot->dboid == MyDatabaseId)
+		{
+			worker_latch = slot->latch;
+			break;
+		}
+		if (slot->pid == 0 && my_database_name != NULL &&
+			strcmp(slot->dbname, my_database_name) == 0)
+		{
+			slot->start_requested = true;
+			need_launcher = true;
+		}
+	}
+	SpinLockRelease(&OutboxShared->mutex);
+
+	if (worker_latch)
+		SetLatch(worker_latch);
+	else if (need_launcher)
+		outbox_wake_launcher();
+}
+
+/*
+ * Note that the current transaction saves messages, so that its commit
+ * wakes the relay worker.  Must run inside a transaction.
+ */
+void
+outbox_wake_worker_at_commit(void)
+{
+	if (!xact_callback_registered)
+	{
+		char	   *dbname = get_database_name(MyDatabaseId);
+
+		if (dbname)
+			my_database_name = MemoryContextStrdup(TopMemoryContext, dbname);
+		RegisterXactCallback(outbox_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	wake_at_commit = true;
+}
+
+/*
+ * Check that headers are a JSON object whose values are all strings, as
+ * every transport (HTTP, Kafka, NATS) carries them.  Returns NULL when they
+ * are, else a description of the problem.
+ */
+static const char *
+headers_problem(Jsonb *headers)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken token;
+
+	if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
+		return "headers must be a JSON object";
+
+	it = JsonbIteratorInit(&headers->root);
+	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (token == WJB_VALUE && v.type != jbvString)
+			return "header values must be JSON strings";
+	}
+	return NULL;
+}
+
+/* Whether headers already name a content type, in any letter case. */
+static bool
+headers_have_content_type(Jsonb *headers)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken token;
+
+	it = JsonbIteratorInit(&headers->root);
+	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (token == WJB_KEY &&
+			v.val.string.len == strlen("content-type") &&
+			pg_strncasecmp(v.val.string.val, "content-type",
+						   v.val.string.len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * outbox.valid_headers(jsonb): the CHECK constraint on outbox.messages, so
+ * the batch path rejects the same headers that save() does.
+ */
+Datum
+outbox_valid_headers(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(headers_problem(PG_GETARG_JSONB_P(0)) == NULL);
+}
+
+/*
+ * Validate the arguments of save() and raise an ERROR, before anything is
+ * stored, for anything that could never be published.
+ */
+static void
+check_save_arguments(FunctionCallInfo fcinfo, char **topic_out,
+					 text **key_out, Jsonb **headers_out)
+{
+	char	   *topic;
+	const char *problem;
+	const OutboxPublisher *publisher;
+	text	   *key;
+	Jsonb	   *headers;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("outbox message topic must not be null")));
+	topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (topic[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("outbox message topic must not be empty")));
+	if (strlen(topic) > OUTBOX_MAX_TOPIC_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("outbox message topic is too long"),
+				 errdetail("The topic is %zu bytes; the limit is %d.",
+						   strlen(topic), OUTBOX_MAX_TOPIC_LEN)));
+	publisher = outbox_find_publisher(outbox_publisher_name);
+	if (publisher && publisher->check_topic &&
+		(problem = publisher->check_topic(topic)) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("outbox message topic \"%s\" cannot be published by publisher \"%s\"",
+						topic, publisher->name),
+				 errdetail_internal("%s", problem)));
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("outbox message payload must not be null")));
+
+	key = PG_ARGISNULL(2) ? cstring_to_text("") : PG_GETARG_TEXT_PP(2);
+	if (VARSIZE_ANY_EXHDR(key) > OUTBOX_MAX_KEY_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("outbox message key is too long"),
+				 errdetail("The key is %zu bytes; the limit is %d.",
+						   (size_t) VARSIZE_ANY_EXHDR(key), OUTBOX_MAX_KEY_LEN)));
+
+	if (PG_ARGISNULL(3))
+		headers = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+													 CStringGetDatum("{}")));
+	else
+		headers = PG_GETARG_JSONB_P(3);
+	if ((problem = headers_problem(headers)) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid outbox message headers"),
+				 errdetail("%s.", problem),
+				 errhint("Pass headers as a JSON object of strings, for example '{\"trace_id\": \"abc\"}'.")));
+
+	*topic_out = topic;
+	*key_out = key;
+	*headers_out = headers;
+}
+
+/* Insert one message through the prepared plan and return its id. */
+static Datum
+insert_message(const char *topic, bytea *payload, text *key, Jsonb *headers)
+{
+	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+	Datum		values[5];
+	int			ret;
+
+	outbox_generate_id(id);
+
+	SPI_connect();
+	if (save_plan == NULL)
+	{
+		Oid			argtypes[5] = {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, JSONBOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare("INSERT INTO outbox.messages (id, topic, key, payload, headers) "
+						   "VALUES ($1, $2, $3, $4, $5)", 5, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		save_plan = plan;
+	}
+
+	values[0] = UUIDPGetDatum(id);
+	values[1] = CStringGetTextDatum(topic);
+	values[2] = PointerGetDatum(key);
+	values[3] = PointerGetDatum(payload);
+	values[4] = JsonbPGetDatum(headers);
+
+	ret = SPI_execute_plan(save_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "could not save outbox message: %s", SPI_result_code_string(ret));
+	SPI_finish();
+
+	outbox_wake_worker_at_commit();
+	return UUIDPGetDatum(id);
+}
+
+/* Convert server-encoded text to a bytea holding its UTF-8 form. */
+static bytea *
+utf8_bytes(const char *server_text)
+{
+	char	   *utf8 = pg_server_to_any(server_text, strlen(server_text), PG_UTF8);
+	size_t		len = strlen(utf8);
+	bytea	   *bytes = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(bytes, VARHDRSZ + len);
+	memcpy(VARDATA(bytes), utf8, len);
+	return bytes;
+}
+
+/* outbox.save(topic, payload bytea, key, headers): save raw bytes. */
+Datum
+outbox_save_bytea(PG_FUNCTION_ARGS)
+{
+	char	   *topic;
+	text	   *key;
+	Jsonb	   *headers;
+
+	check_save_arguments(fcinfo, &topic, &key, &headers);
+	return insert_message(topic, PG_GETARG_BYTEA_PP(1), key, headers);
+}
+
+/* outbox.save(topic, payload text, key, headers): save text as UTF-8. */
+Datum
+outbox_save_text(PG_FUNCTION_ARGS)
+{
+	char	   *topic;
+	text	   *key;
+	Jsonb	   *headers;
+
+	check_save_arguments(fcinfo, &topic, &key, &headers);
+	return insert_message(topic,
+						  utf8_bytes(text_to_cstring(PG_GETARG_TEXT_PP(1))),
+						  key, headers);
+}
+
+/*
+ * outbox.save(topic, payload jsonb, key, headers): save the JSON text and
+ * add a content-type header unless the caller gave one.
+ */
+Datum
+outbox_save_jsonb(PG_FUNCTION_ARGS)
+{
+	char	   *topic;
+	text	   *key;
+	Jsonb	   *headers;
+	Jsonb	   *payload;
+	bytea	   *bytes;
+
+	check_save_arguments(fcinfo, &topic, &key, &headers);
+	payload = PG_GETARG_JSONB_P(1);
+	bytes = utf8_bytes(JsonbToCString(NULL, &payload->root, VARSIZE(payload)));
+
+	if (!headers_have_content_type(headers))
+	{
+		Datum		content_type = DirectFunctionCall1(jsonb_in,
+													   CStringGetDatum("{\"content-type\": \"application/json\"}"));
+
+		headers = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+													 JsonbPGetDatum(headers),
+													 content_type));
+	}
+	return insert_message(topic, bytes, key, headers);
+}
+
+/*
+ * outbox.next_id(): the default of outbox.messages.id.  Rows inserted
+ * directly (the batch path) get increasing ids and wake the worker at
+ * commit, exactly like save().
+ */
+Datum
+outbox_next_id(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+
+	outbox_generate_id(id);
+	outbox_wake_worker_at_commit();
+	PG_RETURN_UUID_P(id);
+}
