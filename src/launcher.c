@@ -23,8 +23,13 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
-#include "commands/dbcommands.h"
+#include "catalog/pg_database.h"
+#include "utils/snapmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -125,14 +130,35 @@ fill_slots(void)
 	pfree(rawstring);
 }
 
-/* Whether a database of that name exists (read from pg_database). */
+/*
+ * Whether a database of that name exists.  The launcher has no database
+ * selected, so it cannot use catalog indexes on a fresh cluster: like
+ * autovacuum's launcher, it scans the shared catalog pg_database.
+ */
 static bool
 database_exists(const char *dbname)
 {
-	bool		exists;
+	bool		exists = false;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
 
 	StartTransactionCommand();
-	exists = OidIsValid(get_database_oid(dbname, true));
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
+
+		if (strcmp(NameStr(db->datname), dbname) == 0)
+		{
+			exists = true;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 	return exists;
 }

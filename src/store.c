@@ -45,11 +45,21 @@ PG_FUNCTION_INFO_V1(outbox_mark_processed);
 PG_FUNCTION_INFO_V1(outbox_mark_failed);
 PG_FUNCTION_INFO_V1(outbox_retry_failed);
 
-/* Step 1 of a claim; $1 = limit, $2 = now. */
+/*
+ * Step 1 of a claim; $1 = limit, $2 = now, $3 = continue after this id,
+ * $4 = keys already decided in an earlier round.
+ */
 #define CLAIM_CANDIDATES_SQL \
 	"SELECT m.* FROM outbox.messages m " \
-	"WHERE m.status = 'pending' AND m.next_attempt_at <= $2 %s " \
+	"WHERE m.status = 'pending' AND m.next_attempt_at <= $2 " \
+	"AND m.id > $3 AND m.key <> ALL ($4) %s " \
 	"ORDER BY m.id LIMIT $1 FOR UPDATE SKIP LOCKED"
+
+/*
+ * Most rounds of step 1 per claim.  A round is repeated only when keys held
+ * back by a locked message filled it, each time without the keys seen.
+ */
+#define CLAIM_MAX_ROUNDS 8
 
 /* The per-key guard of step 1: the key's oldest unfinished message is due. */
 #define CLAIM_KEY_GUARD_SQL \
@@ -185,9 +195,18 @@ row_value(HeapTuple tuple, TupleDesc tupdesc, const char *column, bool *isnull)
 	return SPI_getbinval(tuple, tupdesc, attno, isnull);
 }
 
+/* Make room for up to capacity messages in an empty batch. */
+static void
+init_batch(OutboxBatch *batch, int capacity, MemoryContext context)
+{
+	memset(batch, 0, sizeof(OutboxBatch));
+	batch->messages = MemoryContextAllocZero(context, sizeof(OutboxMessage) * Max(capacity, 1));
+	batch->tuples = MemoryContextAllocZero(context, sizeof(HeapTuple) * Max(capacity, 1));
+}
+
 /*
- * Copy result rows into messages allocated in context, detoasted, so they
- * stay valid after the transaction ends.
+ * Append result rows to batch as messages allocated in context, detoasted,
+ * so they stay valid after the transaction ends.  The batch has room.
  */
 static void
 collect_messages(SPITupleTable *tuptable, uint64 nrows, MemoryContext context,
@@ -197,15 +216,13 @@ collect_messages(SPITupleTable *tuptable, uint64 nrows, MemoryContext context,
 	TupleDesc	tupdesc = tuptable->tupdesc;
 	uint64		i;
 
-	batch->nmessages = (int) nrows;
-	batch->messages = palloc0(sizeof(OutboxMessage) * Max(nrows, 1));
-	batch->tupdesc = CreateTupleDescCopy(tupdesc);
-	batch->tuples = palloc(sizeof(HeapTuple) * Max(nrows, 1));
+	if (batch->tupdesc == NULL)
+		batch->tupdesc = CreateTupleDescCopy(tupdesc);
 
 	for (i = 0; i < nrows; i++)
 	{
 		HeapTuple	tuple = tuptable->vals[i];
-		OutboxMessage *m = &batch->messages[i];
+		OutboxMessage *m = &batch->messages[batch->nmessages];
 		bool		isnull;
 		bytea	   *payload;
 		char	   *id_text;
@@ -222,7 +239,8 @@ collect_messages(SPITupleTable *tuptable, uint64 nrows, MemoryContext context,
 		m->headers = DatumGetJsonbPCopy(row_value(tuple, tupdesc, "headers", &isnull));
 		m->created_at = DatumGetTimestampTz(row_value(tuple, tupdesc, "created_at", &isnull));
 		m->retries = DatumGetInt32(row_value(tuple, tupdesc, "retries", &isnull));
-		batch->tuples[i] = SPI_copytuple(tuple);
+		batch->tuples[batch->nmessages] = SPI_copytuple(tuple);
+		batch->nmessages++;
 	}
 	MemoryContextSwitchTo(old);
 }
@@ -242,16 +260,18 @@ compare_by_key_then_id(const void *a, const void *b, void *arg)
 }
 
 /*
- * Under per-key ordering, drop from the candidates every message that is
- * not among its key's oldest unfinished messages in an unbroken run, so a
- * locked, delayed or in-flight earlier message holds back the later ones.
- * Candidates are in id order and stay so; the kept ones are compacted in
- * place.
+ * Under per-key ordering, drop from the candidates batch->messages[first..]
+ * every message that is not among its key's oldest unfinished messages in
+ * an unbroken run, so a locked, delayed or in-flight earlier message holds
+ * back the later ones.  Candidates are in id order and stay so; the kept
+ * ones are compacted in place.  Each key met is added to *seen_keys.
  */
 static void
-keep_key_runs(OutboxBatch *batch)
+keep_key_runs(OutboxBatch *batch, int first, List **seen_keys)
 {
-	int			n = batch->nmessages;
+	OutboxMessage *messages = batch->messages + first;
+	HeapTuple  *tuples = batch->tuples + first;
+	int			n = batch->nmessages - first;
 	int		   *order = palloc(sizeof(int) * n);
 	int			nkeyed = 0;
 	Datum	   *keys = palloc(sizeof(Datum) * n);
@@ -264,23 +284,24 @@ keep_key_runs(OutboxBatch *batch)
 	/* Keyless messages need no guard; sort the others by key, then id. */
 	for (i = 0; i < n; i++)
 	{
-		if (batch->messages[i].key[0] == '\0')
+		if (messages[i].key[0] == '\0')
 			keep[i] = true;
 		else
 			order[nkeyed++] = i;
 	}
-	qsort_arg(order, nkeyed, sizeof(int), compare_by_key_then_id, batch->messages);
+	qsort_arg(order, nkeyed, sizeof(int), compare_by_key_then_id, messages);
 
 	for (i = 0; i < nkeyed; i++)
 	{
-		const char *key = batch->messages[order[i]].key;
+		const char *key = messages[order[i]].key;
 
 		if (nkeys == 0 ||
-			strcmp(key, batch->messages[order[i - 1]].key) != 0)
+			strcmp(key, messages[order[i - 1]].key) != 0)
 		{
 			keys[nkeys] = CStringGetTextDatum(key);
 			counts[nkeys] = Int32GetDatum(0);
 			nkeys++;
+			*seen_keys = lappend(*seen_keys, (void *) DatumGetPointer(keys[nkeys - 1]));
 		}
 		counts[nkeys - 1] = Int32GetDatum(DatumGetInt32(counts[nkeys - 1]) + 1);
 	}
@@ -317,7 +338,7 @@ keep_key_runs(OutboxBatch *batch)
 			for (; c < run_end; c++)
 			{
 				bool		isnull;
-				OutboxMessage *m = &batch->messages[order[c]];
+				OutboxMessage *m = &messages[order[c]];
 
 				if (matching && h < nheads &&
 					DatumGetInt64(SPI_getbinval(heads->vals[h], heads->tupdesc, 1, &isnull)) == k &&
@@ -346,11 +367,24 @@ keep_key_runs(OutboxBatch *batch)
 	{
 		if (!keep[i])
 			continue;
-		batch->messages[kept] = batch->messages[i];
-		batch->tuples[kept] = batch->tuples[i];
+		messages[kept] = messages[i];
+		tuples[kept] = tuples[i];
 		kept++;
 	}
-	batch->nmessages = kept;
+	batch->nmessages = first + kept;
+}
+
+/* Build a text[] of the keys in a list of text datums. */
+static ArrayType *
+key_array(List *keys)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(keys), 1));
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, keys)
+		elems[n++] = PointerGetDatum(lfirst(lc));
+	return construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT);
 }
 
 /*
@@ -367,26 +401,50 @@ outbox_store_claim(int max_messages, bool ordered_by_key, bool set_processing,
 {
 	MemoryContext caller = CurrentMemoryContext;
 	TimestampTz now = GetCurrentTimestamp();
-	Oid			argtypes[3] = {INT4OID, TIMESTAMPTZOID, INT4OID};
-	Datum		args[3];
+	Oid			argtypes[4] = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID};
+	Datum		args[4];
 	int			ret;
 	StorePlan  *cache = ordered_by_key ? &claim_key_plan : &claim_none_plan;
-	char	   *sql = psprintf(CLAIM_CANDIDATES_SQL,
-							   ordered_by_key ? CLAIM_KEY_GUARD_SQL : "");
+	SPIPlanPtr	plan;
+	pg_uuid_t	after;
+	List	   *seen_keys = NIL;
+	int			round;
+	int			ncandidates = 0;
 
-	memset(batch, 0, sizeof(OutboxBatch));
+	init_batch(batch, max_messages, caller);
+	memset(&after, 0, sizeof(after));
 	SPI_connect();
+	plan = store_plan(cache, psprintf(CLAIM_CANDIDATES_SQL,
+									  ordered_by_key ? CLAIM_KEY_GUARD_SQL : ""),
+					  4, argtypes);
 
-	args[0] = Int32GetDatum(max_messages);
-	args[1] = TimestampTzGetDatum(now);
-	ret = SPI_execute_plan(store_plan(cache, sql, 2, argtypes), args, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
-	collect_messages(SPI_tuptable, SPI_processed, caller, batch);
-	batch->ncandidates = batch->nmessages;
+	for (round = 0; round < CLAIM_MAX_ROUNDS; round++)
+	{
+		int			first = batch->nmessages;
+		int			wanted = max_messages - first;
+		int			found;
 
-	if (ordered_by_key && batch->nmessages > 0)
-		keep_key_runs(batch);
+		args[0] = Int32GetDatum(wanted);
+		args[1] = TimestampTzGetDatum(now);
+		args[2] = UUIDPGetDatum(&after);
+		args[3] = PointerGetDatum(key_array(seen_keys));
+		ret = SPI_execute_plan(plan, args, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
+		found = (int) SPI_processed;
+		collect_messages(SPI_tuptable, SPI_processed, caller, batch);
+		ncandidates += found;
+
+		if (!ordered_by_key || found == 0)
+			break;
+		after = batch->messages[batch->nmessages - 1].id;
+		keep_key_runs(batch, first, &seen_keys);
+
+		/* Go on only when held-back messages filled this round. */
+		if (found < wanted || batch->nmessages == max_messages)
+			break;
+	}
+	batch->ncandidates = ncandidates;
 
 	if (set_processing && batch->nmessages > 0)
 	{
@@ -403,6 +461,7 @@ outbox_store_claim(int max_messages, bool ordered_by_key, bool set_processing,
 							   args, NULL, false, 0);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
+		batch->nmessages = 0;
 		collect_messages(SPI_tuptable, SPI_processed, caller, batch);
 	}
 

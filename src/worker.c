@@ -204,7 +204,11 @@ publish_one_carefully(OutboxMessage *message, OutboxPublishResult *result)
 	ResourceOwner owner = CurrentResourceOwner;
 
 	if (publisher->in_transaction)
+	{
 		BeginInternalSubTransaction(NULL);
+		/* Results must outlive the subtransaction. */
+		MemoryContextSwitchTo(context);
+	}
 	PG_TRY();
 	{
 		publisher->publish(message, 1, result);
