@@ -16,13 +16,15 @@
 # as the "postgres" OS user, since PostgreSQL refuses to run as root).
 #
 # Environment: PG_CONFIG (default PostgreSQL 15's), DEMO_TIMEOUT (seconds to
-# wait for the notification, default 30).
+# wait for the notification, default 30), DEMO_NO_BUILD=1 (skip make install,
+# use the extension already installed), DEMO_LISTENER=psql (listen with psql
+# even when python3-psycopg2 is installed).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 channel=orders.created
 timeout=${DEMO_TIMEOUT:-30}
-nsteps=6
+nsteps=7
 stepno=0
 
 step() {
@@ -31,6 +33,8 @@ step() {
 }
 note() { printf '   %s\n' "$*"; }
 indent() { sed "s/^/${1:-   }/"; }
+# show SQL...: run it and print the result table indented, without blank lines
+show() { psql_ -P footer=off "$@" | sed -e '/^$/d' -e 's/^/   | /'; }
 die() {
     printf 'demo: error: %s\n' "$*" >&2
     exit 1
@@ -112,9 +116,13 @@ trap 'exit 143' TERM
 step "building and installing outbox"
 buildlog=$work/build.log
 build_ok=1
-if is_root || { [[ -w $sharedir/extension && -w $pkglibdir ]]; }; then
+if [[ -n ${DEMO_NO_BUILD:-} ]]; then
+    note "DEMO_NO_BUILD is set: using the extension already installed"
+elif is_root || { [[ -w $sharedir/extension && -w $pkglibdir ]]; }; then
     make -C "$repo" PG_CONFIG="$pg_config_bin" install >"$buildlog" 2>&1 || build_ok=
 else
+    command -v sudo >/dev/null 2>&1 ||
+        die "installing into $sharedir needs root: run this demo as root or install sudo"
     if make -C "$repo" PG_CONFIG="$pg_config_bin" >"$buildlog" 2>&1; then
         note "installing into $sharedir and $pkglibdir with sudo"
         # shellcheck disable=SC2024  # the log belongs to the user, not root
@@ -125,11 +133,11 @@ else
 fi
 if [[ -z $build_ok ]]; then
     tail -n 40 "$buildlog" >&2
-    die "build or install failed (full log above, last 40 lines)"
+    die "build or install failed (last 40 lines of the make output above)"
 fi
 [[ -f $sharedir/extension/outbox.control && -f $pkglibdir/outbox.so ]] ||
-    die "outbox is not installed in $sharedir/extension after make install"
-note "installed $pkglibdir/outbox.so"
+    die "outbox is not installed in $sharedir/extension (make install)"
+note "outbox $(sed -n "s/^default_version *= *'\(.*\)'/\1/p" "$sharedir/extension/outbox.control") in $pkglibdir/outbox.so"
 
 # ------------------------------------------------------------------ cluster
 step "starting a throw-away cluster"
@@ -207,7 +215,7 @@ find_python() {
 
 listener_out=$work/listener.out
 ready=$work/listener.ready
-if python=$(find_python); then
+if [[ ${DEMO_LISTENER:-} != psql ]] && python=$(find_python); then
     listener_kind=python
     cat >"$work/listen.py" <<'PY'
 import json
@@ -310,26 +318,21 @@ SQL
 echo
 echo "-- transaction 1 (COMMIT)"
 indent <<<"$tx1"
-psql_ -P footer=off <<<"$tx1" | indent '   | '
+show <<<"$tx1"
 echo
 echo "-- transaction 2 (ROLLBACK)"
 indent <<<"$tx2"
-psql_ -P footer=off <<<"$tx2" | indent '   | '
+show <<<"$tx2"
 
 # ------------------------------------------------------------------ results
 step "what the listener received"
-listener_rc=0
-wait "$listener_pid" || listener_rc=$?
+wait "$listener_pid" || true   # it exits by itself, see above
 listener_pid=
 
 demo_rc=0
 if [[ $listener_kind == python ]]; then
-    if (( listener_rc == 0 )); then
-        indent <"$listener_out"
-    else
-        indent <"$listener_out"
-        demo_rc=1
-    fi
+    indent <"$listener_out"
+    n=$(grep -c '^notification ' "$listener_out" || true)
 else
     n=0
     while IFS= read -r line; do
@@ -337,26 +340,29 @@ else
         payload=$(sed -E 's/^Asynchronous notification "[^"]*" with payload "(.*)" received from server process with PID [0-9]+\.$/\1/' <<<"$line")
         echo "   notification $n on channel \"$channel\", payload:"
         if command -v python3 >/dev/null 2>&1 && python3 -m json.tool <<<"$payload" >/dev/null 2>&1; then
-            python3 -m json.tool <<<"$payload" | indent
+            python3 -m json.tool --indent 2 <<<"$payload" | indent
         else
             echo "   $payload"
         fi
     done < <(grep '^Asynchronous notification' "$listener_out" || true)
-    (( n > 0 )) || demo_rc=1
 fi
-if (( demo_rc )); then
+if (( n == 0 )); then
+    demo_rc=1
     echo "   no notification arrived within ${timeout}s; last lines of the server log:"
     tail -n 20 "$work/server.log" | indent '   | '
+elif (( n > 1 )); then
+    demo_rc=1
+    echo "   expected exactly one notification, got $n"
 else
     note "(order 43 was rolled back, so its event was never published)"
 fi
 
 echo
 echo "-- SELECT * FROM orders;"
-psql_ -c 'SELECT * FROM orders ORDER BY id' | indent '   | '
+show -c 'SELECT * FROM orders ORDER BY id'
 
 step "SELECT * FROM outbox.stats"
-psql_ -c 'SELECT * FROM outbox.stats' | indent '   | '
+show -c 'SELECT * FROM outbox.stats'
 
 echo
 if (( demo_rc )); then
