@@ -27,12 +27,21 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-.PHONY: test demo
+.PHONY: test demo install-for-tests
 
-# The whole test suite: pgTAP, isolation and Perl TAP (see test/run.sh).
-test: install
-	bash test/run.sh all
+# Install into the server's directories, through sudo when they are not ours.
+install-for-tests: all
+	@if [ -w "$(pkglibdir)" ] && [ -w "$(datadir)/extension" ]; then \
+		$(MAKE) install; \
+	else \
+		echo "installing with sudo into $(pkglibdir)"; sudo $(MAKE) install; \
+	fi
+
+# The whole test suite: pgTAP, isolation and Perl TAP (see test/run.sh);
+# SUITES=pgtap (or isolation, tap) runs one.
+test: install-for-tests
+	PG_CONFIG=$(PG_CONFIG) bash test/run.sh $(or $(SUITES),all)
 
 # A throw-away cluster showing messages flowing (see demo/demo.sh).
 demo:
-	bash demo/demo.sh
+	PG_CONFIG=$(PG_CONFIG) bash demo/demo.sh
