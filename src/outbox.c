@@ -145,9 +145,13 @@ check_notify_channel(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* Define every outbox.* setting. */
+/*
+ * Define the settings that need a restart.  Only while preloading: a
+ * PGC_POSTMASTER setting cannot be created in a running server, and
+ * without preloading there are no workers for them to configure anyway.
+ */
 static void
-define_settings(void)
+define_startup_settings(void)
 {
 	DefineCustomStringVariable("outbox.databases",
 							   "Databases whose outbox the relay workers publish.",
@@ -166,7 +170,12 @@ define_settings(void)
 							   PGC_POSTMASTER,
 							   0,
 							   NULL, NULL, NULL);
+}
 
+/* Define the settings that take effect on reload. */
+static void
+define_settings(void)
+{
 	DefineCustomStringVariable("outbox.publisher",
 							   "Name of the publisher that delivers messages.",
 							   NULL,
@@ -431,6 +440,8 @@ outbox_process_utility(PlannedStmt *pstmt, const char *queryString,
 void
 _PG_init(void)
 {
+	if (process_shared_preload_libraries_in_progress)
+		define_startup_settings();
 	define_settings();
 	outbox_register_notify_publisher();
 

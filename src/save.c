@@ -253,6 +253,7 @@ check_save_arguments(FunctionCallInfo fcinfo, char **topic_out,
 	text	   *key;
 	Jsonb	   *headers;
 
+	outbox_require_shared_state();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
