@@ -47,28 +47,33 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 
 /*
  * Step 1 of a claim; $1 = limit, $2 = now, $3 = continue after this id,
- * $4 = keys already decided in an earlier round.
+ * $4 = keys already decided in an earlier round.  %s is the per-key guard.
  */
 #define CLAIM_CANDIDATES_SQL \
-	"SELECT m.* FROM outbox.messages m " \
+	"SELECT m.* %s FROM outbox.messages m %s " \
 	"WHERE m.status = 'pending' AND m.next_attempt_at <= $2 " \
 	"AND m.id > $3 AND m.key <> ALL ($4) %s " \
-	"ORDER BY m.id LIMIT $1 FOR UPDATE SKIP LOCKED"
+	"ORDER BY m.id LIMIT $1 FOR UPDATE OF m SKIP LOCKED"
+
+/*
+ * The per-key guard of step 1: the key's oldest unfinished message (its
+ * head) must be pending and due; its id comes along, so that a key with a
+ * single candidate needs no further check.
+ */
+#define CLAIM_KEY_HEAD_COLUMN ", head.id AS head_id"
+#define CLAIM_KEY_HEAD_JOIN \
+	"LEFT JOIN LATERAL (SELECT h.id, h.status, h.next_attempt_at FROM outbox.messages h " \
+	"                   WHERE h.key = m.key AND h.key <> '' " \
+	"                     AND h.status IN ('pending', 'processing') " \
+	"                   ORDER BY h.key, h.id LIMIT 1) head ON m.key <> ''"
+#define CLAIM_KEY_GUARD \
+	"AND (m.key = '' OR (head.status = 'pending' AND head.next_attempt_at <= $2))"
 
 /*
  * Most rounds of step 1 per claim.  A round is repeated only when keys held
  * back by a locked message filled it, each time without the keys seen.
  */
 #define CLAIM_MAX_ROUNDS 8
-
-/* The per-key guard of step 1: the key's oldest unfinished message is due. */
-#define CLAIM_KEY_GUARD_SQL \
-	"AND (m.key = '' OR NOT EXISTS (" \
-	"  SELECT 1 FROM (SELECT h.status, h.next_attempt_at FROM outbox.messages h" \
-	"                 WHERE h.key = m.key AND h.key <> ''" \
-	"                   AND h.status IN ('pending', 'processing')" \
-	"                 ORDER BY h.key, h.id LIMIT 1) head" \
-	"  WHERE head.status = 'processing' OR head.next_attempt_at > $2))"
 
 /* Step 2: the oldest $2[i] unfinished messages of key $1[i]. */
 #define CLAIM_KEY_HEADS_SQL \
@@ -260,11 +265,27 @@ compare_by_key_then_id(const void *a, const void *b, void *arg)
 }
 
 /*
+ * Whether a candidate is its key's oldest unfinished message, as the
+ * head_id column of the candidate query says.
+ */
+static bool
+candidate_is_head(HeapTuple tuple, TupleDesc tupdesc, const OutboxMessage *m)
+{
+	bool		isnull;
+	Datum		head = row_value(tuple, tupdesc, "head_id", &isnull);
+
+	return !isnull && memcmp(DatumGetUUIDP(head)->data, m->id.data, UUID_LEN) == 0;
+}
+
+/*
  * Under per-key ordering, drop from the candidates batch->messages[first..]
  * every message that is not among its key's oldest unfinished messages in
  * an unbroken run, so a locked, delayed or in-flight earlier message holds
- * back the later ones.  Candidates are in id order and stay so; the kept
- * ones are compacted in place.  Each key met is added to *seen_keys.
+ * back the later ones.  A key with one candidate needs only the head_id
+ * the candidate query returned; keys with several are checked against
+ * their oldest unfinished messages in one more query.  Candidates are in
+ * id order and stay so; the kept ones are compacted in place.  Each key
+ * met is added to *seen_keys.
  */
 static void
 keep_key_runs(OutboxBatch *batch, int first, List **seen_keys)
@@ -274,9 +295,10 @@ keep_key_runs(OutboxBatch *batch, int first, List **seen_keys)
 	int			n = batch->nmessages - first;
 	int		   *order = palloc(sizeof(int) * n);
 	int			nkeyed = 0;
-	Datum	   *keys = palloc(sizeof(Datum) * n);
-	Datum	   *counts = palloc(sizeof(Datum) * n);
-	int			nkeys = 0;
+	Datum	   *run_keys = palloc(sizeof(Datum) * n);
+	Datum	   *run_counts = palloc(sizeof(Datum) * n);
+	int		   *run_starts = palloc(sizeof(int) * n);
+	int			nruns = 0;
 	bool	   *keep = palloc0(sizeof(bool) * n);
 	int			i;
 	int			kept = 0;
@@ -291,22 +313,29 @@ keep_key_runs(OutboxBatch *batch, int first, List **seen_keys)
 	}
 	qsort_arg(order, nkeyed, sizeof(int), compare_by_key_then_id, messages);
 
-	for (i = 0; i < nkeyed; i++)
+	/* Group by key: single candidates are settled here, runs queued. */
+	for (i = 0; i < nkeyed;)
 	{
 		const char *key = messages[order[i]].key;
+		int			count = 1;
 
-		if (nkeys == 0 ||
-			strcmp(key, messages[order[i - 1]].key) != 0)
+		while (i + count < nkeyed && strcmp(messages[order[i + count]].key, key) == 0)
+			count++;
+		*seen_keys = lappend(*seen_keys, DatumGetPointer(CStringGetTextDatum(key)));
+		if (count == 1)
+			keep[order[i]] = candidate_is_head(tuples[order[i]], batch->tupdesc,
+											   &messages[order[i]]);
+		else
 		{
-			keys[nkeys] = CStringGetTextDatum(key);
-			counts[nkeys] = Int32GetDatum(0);
-			nkeys++;
-			*seen_keys = lappend(*seen_keys, (void *) DatumGetPointer(keys[nkeys - 1]));
+			run_keys[nruns] = CStringGetTextDatum(key);
+			run_counts[nruns] = Int32GetDatum(count);
+			run_starts[nruns] = i;
+			nruns++;
 		}
-		counts[nkeys - 1] = Int32GetDatum(DatumGetInt32(counts[nkeys - 1]) + 1);
+		i += count;
 	}
 
-	if (nkeys > 0)
+	if (nruns > 0)
 	{
 		Oid			argtypes[2] = {TEXTARRAYOID, INT4ARRAYOID};
 		Datum		args[2];
@@ -314,11 +343,10 @@ keep_key_runs(OutboxBatch *batch, int first, List **seen_keys)
 		SPITupleTable *heads;
 		uint64		nheads;
 		uint64		h = 0;
-		int			c = 0;
-		int			k;
+		int			r;
 
-		args[0] = PointerGetDatum(construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
-		args[1] = PointerGetDatum(construct_array(counts, nkeys, INT4OID, 4, true, TYPALIGN_INT));
+		args[0] = PointerGetDatum(construct_array(run_keys, nruns, TEXTOID, -1, false, TYPALIGN_INT));
+		args[1] = PointerGetDatum(construct_array(run_counts, nruns, INT4OID, 4, true, TYPALIGN_INT));
 		ret = SPI_execute_plan(store_plan(&key_heads_plan, CLAIM_KEY_HEADS_SQL, 2, argtypes),
 							   args, NULL, false, 0);
 		if (ret != SPI_OK_SELECT)
@@ -327,21 +355,21 @@ keep_key_runs(OutboxBatch *batch, int first, List **seen_keys)
 		nheads = SPI_processed;
 
 		/*
-		 * Heads come ordered by key position, then id; candidates in order
-		 * are sorted the same way.  For each key keep the common prefix.
+		 * Heads come ordered by run position, then id; each run's
+		 * candidates are in id order too.  Keep each run's common prefix.
 		 */
-		for (k = 1; k <= nkeys; k++)
+		for (r = 0; r < nruns; r++)
 		{
 			bool		matching = true;
-			int			run_end = c + DatumGetInt32(counts[k - 1]);
+			int			c;
 
-			for (; c < run_end; c++)
+			for (c = run_starts[r]; c < run_starts[r] + DatumGetInt32(run_counts[r]); c++)
 			{
 				bool		isnull;
 				OutboxMessage *m = &messages[order[c]];
 
 				if (matching && h < nheads &&
-					DatumGetInt64(SPI_getbinval(heads->vals[h], heads->tupdesc, 1, &isnull)) == k &&
+					DatumGetInt64(SPI_getbinval(heads->vals[h], heads->tupdesc, 1, &isnull)) == r + 1 &&
 					memcmp(DatumGetUUIDP(SPI_getbinval(heads->vals[h], heads->tupdesc, 2, &isnull))->data,
 						   m->id.data, UUID_LEN) == 0)
 				{
@@ -351,12 +379,12 @@ keep_key_runs(OutboxBatch *batch, int first, List **seen_keys)
 				else
 					matching = false;
 			}
-			/* Skip this key's remaining heads. */
+			/* Skip this run's remaining heads. */
 			while (h < nheads)
 			{
 				bool		isnull;
 
-				if (DatumGetInt64(SPI_getbinval(heads->vals[h], heads->tupdesc, 1, &isnull)) != k)
+				if (DatumGetInt64(SPI_getbinval(heads->vals[h], heads->tupdesc, 1, &isnull)) != r + 1)
 					break;
 				h++;
 			}
@@ -414,9 +442,13 @@ outbox_store_claim(int max_messages, bool ordered_by_key, bool set_processing,
 	init_batch(batch, max_messages, caller);
 	memset(&after, 0, sizeof(after));
 	SPI_connect();
-	plan = store_plan(cache, psprintf(CLAIM_CANDIDATES_SQL,
-									  ordered_by_key ? CLAIM_KEY_GUARD_SQL : ""),
-					  4, argtypes);
+	if (ordered_by_key)
+		plan = store_plan(cache, psprintf(CLAIM_CANDIDATES_SQL, CLAIM_KEY_HEAD_COLUMN,
+										  CLAIM_KEY_HEAD_JOIN, CLAIM_KEY_GUARD),
+						  4, argtypes);
+	else
+		plan = store_plan(cache, psprintf(CLAIM_CANDIDATES_SQL, "", "", ""),
+						  4, argtypes);
 
 	for (round = 0; round < CLAIM_MAX_ROUNDS; round++)
 	{
@@ -462,6 +494,7 @@ outbox_store_claim(int max_messages, bool ordered_by_key, bool set_processing,
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
 		batch->nmessages = 0;
+		batch->tupdesc = NULL;
 		collect_messages(SPI_tuptable, SPI_processed, caller, batch);
 	}
 
