@@ -91,6 +91,7 @@ extern void outbox_wake_worker_at_commit(void);
 typedef struct OutboxBatch
 {
 	int			ncandidates;	/* due messages found, before the key guard */
+	int			capacity;		/* room in the arrays */
 	int			nmessages;
 	OutboxMessage *messages;	/* in id order */
 	HeapTuple  *tuples;			/* the same rows as stored */

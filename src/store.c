@@ -34,6 +34,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
@@ -116,18 +117,24 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 
 /*
  * Claims older than the timeout, or whose claimer is gone, go back to
- * pending.  $1 = the oldest claim time still trusted.
+ * pending; rows someone holds locked wait for a later pass.  $1 = the
+ * oldest claim time still trusted.
  */
 #define RECOVER_SQL \
-	"UPDATE outbox.messages m SET status = 'pending', claimed_at = NULL, claimed_by = NULL " \
-	"WHERE m.status = 'processing' AND (m.claimed_at < $1 OR m.claimed_by IS NULL " \
-	"  OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(m.claimed_by)))"
+	"UPDATE outbox.messages SET status = 'pending', claimed_at = NULL, claimed_by = NULL " \
+	"WHERE id IN (SELECT m.id FROM outbox.messages m " \
+	"  WHERE m.status = 'processing' AND (m.claimed_at < $1 OR m.claimed_by IS NULL " \
+	"    OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(m.claimed_by))) " \
+	"  FOR UPDATE SKIP LOCKED)"
 
-/* $1 = processed before, $2 = an id made before $1, $3 = most rows. */
+/*
+ * $1 = processed before, $2 = an id made before $1, $3 = most rows.  Rows
+ * someone holds locked are left for a later pass rather than waited for.
+ */
 #define PURGE_SQL \
 	"DELETE FROM outbox.messages WHERE id IN (" \
 	"  SELECT id FROM outbox.messages WHERE id < $2 AND status = 'processed' " \
-	"  AND processed_at < $1 ORDER BY id LIMIT $3)"
+	"  AND processed_at < $1 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)"
 
 /* Earliest retry among the oldest pending messages, for the worker's sleep. */
 #define NEXT_DUE_SQL \
@@ -177,6 +184,41 @@ store_plan(StorePlan *cache, const char *sql, int nargs, Oid *argtypes)
 	return cache->plan;
 }
 
+/*
+ * GUC nesting level of the store call in progress, so store_finish() can
+ * undo its settings.
+ */
+static int	store_guc_level = -1;
+
+/*
+ * Connect to SPI for one store call, with search_path pinned to pg_catalog
+ * (so no operator or function in these statements can be taken over by an
+ * object in a schema the caller or a database owner controls), and with
+ * sequential scans of the outbox off.  Every statement here is built for an index, and a plan kept from
+ * when the table was small (a new install, after a TRUNCATE) would
+ * otherwise scan the whole table on every claim once it has grown.  Setting
+ * this in every backend that uses the store covers the worker and external
+ * relays alike; an error unwinds it with the transaction.
+ */
+static void
+store_connect(void)
+{
+	store_guc_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	SPI_connect();
+}
+
+/* Disconnect from SPI and restore the settings store_connect() changed. */
+static void
+store_finish(void)
+{
+	SPI_finish();
+	AtEOXact_GUC(true, store_guc_level);
+}
+
 /* Build a uuid[] from ids. */
 static ArrayType *
 uuid_array(const pg_uuid_t *ids, int nids)
@@ -200,18 +242,33 @@ row_value(HeapTuple tuple, TupleDesc tupdesc, const char *column, bool *isnull)
 	return SPI_getbinval(tuple, tupdesc, attno, isnull);
 }
 
-/* Make room for up to capacity messages in an empty batch. */
+/* Start an empty batch in context; it grows as rows come. */
 static void
-init_batch(OutboxBatch *batch, int capacity, MemoryContext context)
+init_batch(OutboxBatch *batch, MemoryContext context)
 {
 	memset(batch, 0, sizeof(OutboxBatch));
-	batch->messages = MemoryContextAllocZero(context, sizeof(OutboxMessage) * Max(capacity, 1));
-	batch->tuples = MemoryContextAllocZero(context, sizeof(HeapTuple) * Max(capacity, 1));
+	batch->capacity = 64;
+	batch->messages = MemoryContextAllocZero(context, sizeof(OutboxMessage) * batch->capacity);
+	batch->tuples = MemoryContextAllocZero(context, sizeof(HeapTuple) * batch->capacity);
+}
+
+/* Make room for n more messages. */
+static void
+grow_batch(OutboxBatch *batch, uint64 n)
+{
+	int			needed = batch->nmessages + (int) n;
+
+	if (needed <= batch->capacity)
+		return;
+	while (batch->capacity < needed)
+		batch->capacity *= 2;
+	batch->messages = repalloc(batch->messages, sizeof(OutboxMessage) * batch->capacity);
+	batch->tuples = repalloc(batch->tuples, sizeof(HeapTuple) * batch->capacity);
 }
 
 /*
  * Append result rows to batch as messages allocated in context, detoasted,
- * so they stay valid after the transaction ends.  The batch has room.
+ * so they stay valid after the transaction ends.
  */
 static void
 collect_messages(SPITupleTable *tuptable, uint64 nrows, MemoryContext context,
@@ -223,6 +280,7 @@ collect_messages(SPITupleTable *tuptable, uint64 nrows, MemoryContext context,
 
 	if (batch->tupdesc == NULL)
 		batch->tupdesc = CreateTupleDescCopy(tupdesc);
+	grow_batch(batch, nrows);
 
 	for (i = 0; i < nrows; i++)
 	{
@@ -439,9 +497,9 @@ outbox_store_claim(int max_messages, bool ordered_by_key, bool set_processing,
 	int			round;
 	int			ncandidates = 0;
 
-	init_batch(batch, max_messages, caller);
+	init_batch(batch, caller);
 	memset(&after, 0, sizeof(after));
-	SPI_connect();
+	store_connect();
 	if (ordered_by_key)
 		plan = store_plan(cache, psprintf(CLAIM_CANDIDATES_SQL, CLAIM_KEY_HEAD_COLUMN,
 										  CLAIM_KEY_HEAD_JOIN, CLAIM_KEY_GUARD),
@@ -498,7 +556,7 @@ outbox_store_claim(int max_messages, bool ordered_by_key, bool set_processing,
 		collect_messages(SPI_tuptable, SPI_processed, caller, batch);
 	}
 
-	SPI_finish();
+	store_finish();
 }
 
 /* Mark messages processed; returns how many changed. */
@@ -512,7 +570,7 @@ outbox_store_mark_processed(const pg_uuid_t *ids, int nids)
 
 	if (nids == 0)
 		return 0;
-	SPI_connect();
+	store_connect();
 	args[0] = PointerGetDatum(uuid_array(ids, nids));
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	ret = SPI_execute_plan(store_plan(&mark_processed_plan, MARK_PROCESSED_SQL, 2, argtypes),
@@ -520,7 +578,7 @@ outbox_store_mark_processed(const pg_uuid_t *ids, int nids)
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not mark outbox messages processed: %s", SPI_result_code_string(ret));
 	count = (int) SPI_processed;
-	SPI_finish();
+	store_finish();
 	return count;
 }
 
@@ -543,7 +601,7 @@ outbox_store_mark_failed(const pg_uuid_t *id, const char *error, bool permanent,
 	int			ret;
 	const char *status = NULL;
 
-	SPI_connect();
+	store_connect();
 	args[0] = UUIDPGetDatum(id);
 	if (error)
 		args[1] = CStringGetTextDatum(error);
@@ -567,7 +625,7 @@ outbox_store_mark_failed(const pg_uuid_t *id, const char *error, bool permanent,
 
 		status = MemoryContextStrdup(caller, value);
 	}
-	SPI_finish();
+	store_finish();
 	return status;
 }
 
@@ -581,13 +639,13 @@ outbox_store_release(const pg_uuid_t *ids, int nids)
 
 	if (nids == 0)
 		return;
-	SPI_connect();
+	store_connect();
 	args[0] = PointerGetDatum(uuid_array(ids, nids));
 	ret = SPI_execute_plan(store_plan(&release_plan, RELEASE_SQL, 1, argtypes),
 						   args, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not release outbox messages: %s", SPI_result_code_string(ret));
-	SPI_finish();
+	store_finish();
 }
 
 /*
@@ -602,7 +660,7 @@ outbox_store_recover_stuck(void)
 	int			ret;
 	int			count;
 
-	SPI_connect();
+	store_connect();
 	args[0] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															  -(int64) outbox_processing_timeout));
 	ret = SPI_execute_plan(store_plan(&recover_plan, RECOVER_SQL, 1, argtypes),
@@ -610,7 +668,7 @@ outbox_store_recover_stuck(void)
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not recover outbox messages: %s", SPI_result_code_string(ret));
 	count = (int) SPI_processed;
-	SPI_finish();
+	store_finish();
 	return count;
 }
 
@@ -641,7 +699,7 @@ outbox_store_purge_processed(int max_rows)
 	for (i = 0; i < 6; i++)
 		bound.data[i] = (unsigned char) (cutoff_ms >> (40 - 8 * i));
 
-	SPI_connect();
+	store_connect();
 	args[0] = TimestampTzGetDatum(cutoff);
 	args[1] = UUIDPGetDatum(&bound);
 	args[2] = Int32GetDatum(max_rows);
@@ -650,7 +708,7 @@ outbox_store_purge_processed(int max_rows)
 	if (ret != SPI_OK_DELETE)
 		elog(ERROR, "could not purge outbox messages: %s", SPI_result_code_string(ret));
 	count = (int) SPI_processed;
-	SPI_finish();
+	store_finish();
 	return count;
 }
 
@@ -664,7 +722,7 @@ outbox_store_next_due(void)
 	int			ret;
 	TimestampTz due = 0;
 
-	SPI_connect();
+	store_connect();
 	ret = SPI_execute_plan(store_plan(&next_due_plan, NEXT_DUE_SQL, 0, NULL),
 						   NULL, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
@@ -677,7 +735,7 @@ outbox_store_next_due(void)
 		if (!isnull)
 			due = DatumGetTimestampTz(value);
 	}
-	SPI_finish();
+	store_finish();
 	return due;
 }
 
@@ -691,7 +749,7 @@ outbox_store_retry_failed(ArrayType *ids)
 	int			ret;
 	int			count;
 
-	SPI_connect();
+	store_connect();
 	args[0] = PointerGetDatum(ids);
 	if (ids == NULL)
 		nulls[0] = 'n';
@@ -701,7 +759,7 @@ outbox_store_retry_failed(ArrayType *ids)
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "could not requeue outbox messages: %s", SPI_result_code_string(ret));
 	count = (int) SPI_processed;
-	SPI_finish();
+	store_finish();
 	return count;
 }
 
@@ -817,7 +875,13 @@ outbox_retry_failed(PG_FUNCTION_ARGS)
 {
 	int			count;
 
-	count = outbox_store_retry_failed(PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0));
+	ArrayType  *ids = PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0);
+
+	if (ids != NULL && array_contains_nulls(ids))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("message ids must not be null")));
+	count = outbox_store_retry_failed(ids);
 	if (count > 0)
 		outbox_wake_worker_at_commit();
 	PG_RETURN_INT32(count);
