@@ -53,8 +53,13 @@
 /* How often stuck claims are recovered and old messages purged. */
 #define MAINTENANCE_INTERVAL_MS	5000
 
-/* Rows deleted per retention transaction. */
-#define PURGE_BATCH_ROWS		10000
+/*
+ * Rows deleted per retention transaction, and the pause before the next
+ * one while more are due: purging goes in small steps between batches, so
+ * it never holds up publishing for long.
+ */
+#define PURGE_BATCH_ROWS		2000
+#define PURGE_AGAIN_MS			50
 
 /* Longest pause after an unexpected error. */
 #define MAX_ERROR_BACKOFF_MS	30000
@@ -354,7 +359,6 @@ static bool
 relay_batch(TimestampTz *next_due)
 {
 	OutboxBatch *batch;
-	OutboxPublishResult *results;
 	bool		carefully = careful_next_batch;
 	bool		full;
 	MemoryContext old;
@@ -378,7 +382,8 @@ relay_batch(TimestampTz *next_due)
 
 	if (batch->nmessages > 0)
 	{
-		results = palloc0(sizeof(OutboxPublishResult) * batch->nmessages);
+		OutboxPublishResult *results = palloc0(sizeof(OutboxPublishResult) * batch->nmessages);
+
 		pgstat_report_activity(STATE_RUNNING, "publishing outbox messages");
 		publish_batch(batch, results, carefully);
 
@@ -395,24 +400,29 @@ relay_batch(TimestampTz *next_due)
 	return full;
 }
 
-/* Recover stuck claims and purge old processed messages. */
+/* Return stuck claims to pending. */
 static void
-maintain(void)
+recover_stuck_claims(void)
 {
-	int			purged;
-
 	begin_store_transaction("recovering stuck outbox messages");
 	if (outbox_store_recover_stuck() > 0)
 		ereport(DEBUG1, (errmsg("outbox returned stuck messages to pending")));
 	end_store_transaction();
+}
 
-	do
-	{
-		CHECK_FOR_INTERRUPTS();
-		begin_store_transaction("purging processed outbox messages");
-		purged = outbox_store_purge_processed(PURGE_BATCH_ROWS);
-		end_store_transaction();
-	} while (purged == PURGE_BATCH_ROWS && !ConfigReloadPending);
+/*
+ * Delete one step of processed messages past retention; returns whether a
+ * full step was deleted, so more are probably due.
+ */
+static bool
+purge_processed(void)
+{
+	int			purged;
+
+	begin_store_transaction("purging processed outbox messages");
+	purged = outbox_store_purge_processed(PURGE_BATCH_ROWS);
+	end_store_transaction();
+	return purged == PURGE_BATCH_ROWS;
 }
 
 /* Whether the outbox extension is installed in this database. */
@@ -504,7 +514,8 @@ outbox_worker_main(Datum main_arg)
 	int			slot_index = DatumGetInt32(main_arg);
 	char		dbname[NAMEDATALEN];
 	MemoryContext worker_context;
-	volatile TimestampTz last_maintenance = 0;
+	volatile TimestampTz last_recovery = 0;
+	volatile TimestampTz next_purge = 0;
 	volatile int error_backoff_ms = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -561,10 +572,17 @@ outbox_worker_main(Datum main_arg)
 		{
 			TimestampTz now = GetCurrentTimestamp();
 
-			if (TimestampDifferenceExceeds(last_maintenance, now, MAINTENANCE_INTERVAL_MS))
+			/* Reschedule first: a failing step must not starve publishing. */
+			if (TimestampDifferenceExceeds(last_recovery, now, MAINTENANCE_INTERVAL_MS))
 			{
-				maintain();
-				last_maintenance = now;
+				last_recovery = now;
+				recover_stuck_claims();
+			}
+			if (now >= next_purge)
+			{
+				next_purge = TimestampTzPlusMilliseconds(now, MAINTENANCE_INTERVAL_MS);
+				if (purge_processed())
+					next_purge = TimestampTzPlusMilliseconds(now, PURGE_AGAIN_MS);
 			}
 			if (outbox_enabled)
 			{
@@ -591,11 +609,15 @@ outbox_worker_main(Datum main_arg)
 			continue;
 
 		timeout_ms = error_backoff_ms > 0 ? error_backoff_ms : outbox_poll_interval;
-		if (next_due > GetCurrentTimestamp() && error_backoff_ms == 0)
+		if (error_backoff_ms == 0)
 		{
-			long		until_due = (long) ((next_due - GetCurrentTimestamp()) / 1000) + 1;
+			TimestampTz now = GetCurrentTimestamp();
 
-			timeout_ms = Min(timeout_ms, until_due);
+			/* Wake for the next retry that falls due, and the next purge. */
+			if (next_due > now)
+				timeout_ms = Min(timeout_ms, (long) ((next_due - now) / 1000) + 1);
+			if (next_purge > now)
+				timeout_ms = Min(timeout_ms, (long) ((next_purge - now) / 1000) + 1);
 		}
 
 		(void) WaitLatch(MyLatch,
