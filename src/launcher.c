@@ -106,8 +106,6 @@ fill_slots(void)
 {
 	char	   *rawstring = pstrdup(outbox_databases);
 	List	   *names = NIL;
-	ListCell   *lc;
-	int			n = 0;
 
 	/* The check hook already accepted the value. */
 	if (!SplitIdentifierString(rawstring, ',', &names))
@@ -116,6 +114,9 @@ fill_slots(void)
 	SpinLockAcquire(&OutboxShared->mutex);
 	if (OutboxShared->nslots == 0)
 	{
+		ListCell   *lc;
+		int			n = 0;
+
 		foreach(lc, names)
 		{
 			OutboxWorkerSlot *slot = &OutboxShared->slots[n++];

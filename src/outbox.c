@@ -18,7 +18,10 @@
 #include <signal.h>
 
 #include "fmgr.h"
+#include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "nodes/parsenodes.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
@@ -66,18 +69,22 @@ static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 #define DROP_DATABASE_WAIT_MS	5000
 
 /*
- * Check outbox.databases: a list of database names, each shorter than
- * NAMEDATALEN, at most OUTBOX_MAX_DATABASES of them.
+ * Check outbox.databases: a list of distinct database names, each shorter
+ * than NAMEDATALEN, at most OUTBOX_MAX_DATABASES of them.
  */
 static bool
 check_databases(char **newval, void **extra, GucSource source)
 {
 	char	   *rawstring = pstrdup(*newval);
+	char	   *rawcopy = pstrdup(*newval);
 	List	   *names = NIL;
+	List	   *raw_names = NIL;
 	ListCell   *lc;
 	bool		ok = true;
 
-	if (!SplitIdentifierString(rawstring, ',', &names))
+	/* SplitIdentifierString truncates long names: measure them untruncated. */
+	if (!SplitIdentifierString(rawstring, ',', &names) ||
+		!SplitGUCList(rawcopy, ',', &raw_names))
 	{
 		GUC_check_errdetail("List syntax is invalid.");
 		ok = false;
@@ -90,7 +97,7 @@ check_databases(char **newval, void **extra, GucSource source)
 	}
 	else
 	{
-		foreach(lc, names)
+		foreach(lc, raw_names)
 		{
 			if (strlen((char *) lfirst(lc)) >= NAMEDATALEN)
 			{
@@ -100,9 +107,25 @@ check_databases(char **newval, void **extra, GucSource source)
 				break;
 			}
 		}
+		foreach(lc, names)
+		{
+			ListCell   *other;
+
+			for_each_cell(other, names, lnext(names, lc))
+			{
+				if (ok && strcmp((char *) lfirst(lc), (char *) lfirst(other)) == 0)
+				{
+					GUC_check_errdetail("Database \"%s\" is listed twice.",
+										(char *) lfirst(lc));
+					ok = false;
+				}
+			}
+		}
 	}
 	list_free(names);
+	list_free(raw_names);
 	pfree(rawstring);
+	pfree(rawcopy);
 	return ok;
 }
 
@@ -398,6 +421,25 @@ resume_worker_after_drop(const char *dbname)
 	outbox_wake_launcher();
 }
 
+/*
+ * Whether a DROP DATABASE would get as far as the connections check: run
+ * at top level outside a transaction block, by the owner of an existing
+ * database other than the current one.  Anything else fails on its own,
+ * and must not stop a worker on the way.
+ */
+static bool
+drop_database_would_proceed(const char *dbname, ProcessUtilityContext context)
+{
+	Oid			dboid;
+
+	if (context != PROCESS_UTILITY_TOPLEVEL || IsTransactionBlock())
+		return false;
+	dboid = get_database_oid(dbname, true);
+	if (!OidIsValid(dboid) || dboid == MyDatabaseId)
+		return false;
+	return pg_database_ownercheck(dboid, GetUserId());
+}
+
 /* Utility hook: make way for DROP DATABASE of a relayed database. */
 static void
 outbox_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -407,7 +449,9 @@ outbox_process_utility(PlannedStmt *pstmt, const char *queryString,
 {
 	const char *volatile dropped_db = NULL;
 
-	if (OutboxShared != NULL && IsA(pstmt->utilityStmt, DropdbStmt))
+	if (OutboxShared != NULL && IsA(pstmt->utilityStmt, DropdbStmt) &&
+		drop_database_would_proceed(((DropdbStmt *) pstmt->utilityStmt)->dbname,
+									context))
 	{
 		dropped_db = ((DropdbStmt *) pstmt->utilityStmt)->dbname;
 		stop_worker_for_drop(dropped_db);

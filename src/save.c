@@ -351,7 +351,7 @@ insert_message(const char *topic, bytea *payload, text *key, Jsonb *headers)
 static bytea *
 utf8_bytes(const char *server_text)
 {
-	char	   *utf8 = pg_server_to_any(server_text, strlen(server_text), PG_UTF8);
+	char	   *utf8 = pg_server_to_any(server_text, (int) strlen(server_text), PG_UTF8);
 	size_t		len = strlen(utf8);
 	bytea	   *bytes = palloc(VARHDRSZ + len);
 

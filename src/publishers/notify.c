@@ -54,6 +54,14 @@ notify_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resu
 			results[i].error = psprintf("channel name \"%s\" is too long for NOTIFY", channel);
 			continue;
 		}
+		/* The envelope is longer than the payload: spare building it. */
+		if (m->payload_len >= NOTIFY_MAX_PAYLOAD)
+		{
+			results[i].status = OUTBOX_PUBLISH_REJECT;
+			results[i].error = psprintf("notification payload of over %d bytes exceeds NOTIFY's limit of %d bytes",
+										m->payload_len, NOTIFY_MAX_PAYLOAD - 1);
+			continue;
+		}
 		envelope = outbox_message_envelope(m);
 		if (strlen(envelope) >= NOTIFY_MAX_PAYLOAD)
 		{
