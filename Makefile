@@ -45,3 +45,53 @@ test: install-for-tests
 # A throw-away cluster showing messages flowing (see demo/demo.sh).
 demo:
 	PG_CONFIG=$(PG_CONFIG) bash demo/demo.sh
+
+# ---------------------------------------------------------------- checks outside make test
+
+.PHONY: valgrind-test lint
+
+# The Perl TAP tests with every server process under valgrind memcheck, in a
+# private copy of the PostgreSQL installation (see test/valgrind/run.sh);
+# fails when an error has a frame in the extension.  PROVE_TESTS="t/..."
+# picks the tests (default: a subset that takes a few minutes).
+valgrind-test: all
+	PG_CONFIG=$(PG_CONFIG) bash test/valgrind/run.sh
+
+# Static analysis of the C sources with cppcheck and clang-tidy; fails on any
+# finding in the project's code (PostgreSQL's headers are not reported).
+# Disabled, because they fight PostgreSQL idioms:
+#  cppcheck shadowFunction: utils/fmgrprotos.h declares a C function for
+#    every SQL built-in (now, lower, ...), so a local named "now" "shadows" it;
+#  bugprone-easily-swappable-parameters: every fmgr/SPI-style signature;
+#  bugprone-reserved-identifier: _PG_init is the name PostgreSQL calls;
+#  bugprone-implicit-widening-of-multiplication-result: fires on
+#    ALLOCSET_DEFAULT_SIZES and the other int-constant size macros;
+#  clang-analyzer-security.insecureAPI.DeprecatedOrUnsafeBufferHandling:
+#    flags every memcpy/memset/snprintf and wants C11 Annex K functions.
+LINT_SRCS = $(sort $(wildcard src/*.c src/publishers/*.c))
+LINT_FLAGS = $(filter -I% -D%,$(CPPFLAGS))
+# The one configuration cppcheck analyses (given -D, it checks no other):
+# without a compiler and platform, s_lock.h stops at its #error, and
+# "information" is enabled so that such a preprocessor error is reported
+# instead of the file being skipped silently.
+CPPCHECK_CONFIG = -D__GNUC__=12 -D__x86_64__ -D__linux__
+CLANG_TIDY_CHECKS = -*,clang-analyzer-*,bugprone-*,-bugprone-easily-swappable-parameters,-bugprone-reserved-identifier,-bugprone-implicit-widening-of-multiplication-result,-clang-analyzer-security.insecureAPI.DeprecatedOrUnsafeBufferHandling
+lint:
+	@command -v cppcheck >/dev/null && command -v clang-tidy >/dev/null || \
+		{ echo "lint needs cppcheck and clang-tidy: apt-get install cppcheck clang-tidy"; exit 2; }
+	@rc=0; \
+	echo "== cppcheck"; \
+	cppcheck --quiet --error-exitcode=1 --inline-suppr --language=c \
+		--enable=warning,style,performance,portability,information \
+		--suppress=missingInclude --suppress=missingIncludeSystem \
+		--suppress=unmatchedSuppression --suppress=shadowFunction \
+		--suppress='*:$(includedir_server)/*' \
+		$(LINT_FLAGS) $(CPPCHECK_CONFIG) $(LINT_SRCS) || rc=1; \
+	echo "== clang-tidy"; \
+	err=$$(mktemp); \
+	clang-tidy --quiet --checks='$(CLANG_TIDY_CHECKS)' --warnings-as-errors='*' \
+		--header-filter='.*/src/outbox[a-z_]*\.h$$' \
+		$(LINT_SRCS) -- $(LINT_FLAGS) 2>"$$err" || rc=1; \
+	grep -v '^[0-9]* warnings\{0,1\} generated\.$$' "$$err" >&2; rm -f "$$err"; \
+	if [ $$rc -ne 0 ]; then echo "lint: FAILED (findings above)"; else echo "lint: no findings"; fi; \
+	exit $$rc
