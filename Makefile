@@ -10,7 +10,9 @@ OBJS = \
 	src/launcher.o \
 	src/publisher.o \
 	src/publishers/envelope.o \
-	src/publishers/notify.o
+	src/publishers/notify.o \
+	src/publishers/http.o \
+	src/publishers/function.o
 DATA = sql/outbox--0.1.0.sql
 PGFILEDESC = "outbox - transactional outbox relay"
 
@@ -23,11 +25,13 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # -Wextra, less unused-parameter: PostgreSQL's own headers and callback
 # signatures have unused parameters by design.
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
+# libcurl, for the http publisher.
+SHLIB_LINK += -lcurl
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-.PHONY: test demo install-for-tests
+.PHONY: test demo install-for-tests clean-test-modules
 
 # Install into the server's directories, through sudo when they are not ours.
 install-for-tests: all
@@ -40,7 +44,13 @@ install-for-tests: all
 # The whole test suite: pgTAP, isolation and Perl TAP (see test/run.sh);
 # SUITES=pgtap (or isolation, tap) runs one.
 test: install-for-tests
+	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG)
 	PG_CONFIG=$(PG_CONFIG) bash test/run.sh $(or $(SUITES),all)
+
+# The example publisher the tests load (test/modules/outbox_flaky).
+clean: clean-test-modules
+clean-test-modules:
+	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG) clean
 
 # A throw-away cluster showing messages flowing (see demo/demo.sh).
 demo:

@@ -298,8 +298,6 @@ define_settings(void)
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
-
-	MarkGUCPrefixReserved("outbox");
 }
 
 /* Ask for the shared memory the extension needs. */
@@ -488,6 +486,10 @@ _PG_init(void)
 		define_startup_settings();
 	define_settings();
 	outbox_register_notify_publisher();
+	outbox_register_http_publisher();
+	outbox_register_function_publisher();
+	/* After the publishers defined their outbox.* settings too. */
+	MarkGUCPrefixReserved("outbox");
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

@@ -113,8 +113,10 @@ extern int	outbox_store_retry_failed(ArrayType *ids);
 extern const OutboxPublisher *outbox_find_publisher(const char *name);
 extern char *outbox_publisher_names(void);
 
-/* publishers/notify.c, publishers/envelope.c */
+/* publishers/notify.c, publishers/envelope.c, publishers/http.c, publishers/function.c */
 extern void outbox_register_notify_publisher(void);
+extern void outbox_register_http_publisher(void);
+extern void outbox_register_function_publisher(void);
 extern char *outbox_message_envelope(const OutboxMessage *message);
 
 /* worker.c, launcher.c */

@@ -368,6 +368,8 @@ relay_batch(TimestampTz *next_due)
 	batch = palloc0(sizeof(OutboxBatch));
 
 	begin_store_transaction("claiming outbox messages");
+	/* The batch must outlive the claiming transaction. */
+	MemoryContextSwitchTo(batch_context);
 	outbox_store_claim(outbox_batch_size, outbox_ordering == OUTBOX_ORDERING_KEY,
 					   !publisher->in_transaction, batch);
 	full = batch->ncandidates >= outbox_batch_size && batch->nmessages > 0;
@@ -377,6 +379,7 @@ relay_batch(TimestampTz *next_due)
 	if (!publisher->in_transaction)
 	{
 		end_store_transaction();
+		MemoryContextSwitchTo(batch_context);
 		claimed_batch = batch;
 	}
 
@@ -386,6 +389,19 @@ relay_batch(TimestampTz *next_due)
 
 		pgstat_report_activity(STATE_RUNNING, "publishing outbox messages");
 		publish_batch(batch, results, carefully);
+
+		/*
+		 * A publisher that attempted nothing (say, it is not configured yet)
+		 * makes no progress: sleep before claiming the same messages again.
+		 */
+		if (full)
+		{
+			int			i;
+
+			full = false;
+			for (i = 0; i < batch->nmessages && !full; i++)
+				full = results[i].status != OUTBOX_PUBLISH_SKIPPED;
+		}
 
 		if (!publisher->in_transaction)
 			begin_store_transaction("marking outbox messages");
