@@ -43,7 +43,7 @@ is_root() { [[ $(id -u) -eq 0 ]]; }
 
 # ------------------------------------------------------------------ packages
 step "checking packages"
-needed=(postgresql-15 postgresql-server-dev-15 build-essential)
+needed=(postgresql-15 postgresql-server-dev-15 build-essential libcurl4-openssl-dev)
 if command -v dpkg-query >/dev/null 2>&1; then
     missing=()
     for p in "${needed[@]}"; do
