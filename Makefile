@@ -105,3 +105,15 @@ lint:
 	grep -v '^[0-9]* warnings\{0,1\} generated\.$$' "$$err" >&2; rm -f "$$err"; \
 	if [ $$rc -ne 0 ]; then echo "lint: FAILED (findings above)"; else echo "lint: no findings"; fi; \
 	exit $$rc
+
+# ---------------------------------------------------------------- benchmarks
+
+.PHONY: bench bench-quick
+
+# The benchmark suite (see bench/run.sh); writes bench/RESULTS.md.
+bench: install-for-tests
+	PG_CONFIG=$(PG_CONFIG) bash bench/run.sh full
+
+# The same at smaller scale: a few minutes.
+bench-quick: install-for-tests
+	PG_CONFIG=$(PG_CONFIG) bash bench/run.sh quick
