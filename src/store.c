@@ -57,30 +57,18 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 	"ORDER BY m.id LIMIT $1 FOR UPDATE OF m SKIP LOCKED"
 
 /*
- * A key's oldest unfinished messages are looked up as "the first entries of
- * the key index at or after (key, nil uuid)", with the key compared after
- * the LIMIT.  Written as "key = m.key ORDER BY id", the lookup could also
- * be served by walking the primary key in id order, and on statistics that
- * still say "all pending" the planner picks that, filtering out every
- * processed message older than the head: a claim then costs as much as the
- * table is large.  The row comparison can only be served by the key index.
- */
-#define NIL_UUID_SQL "'00000000-0000-0000-0000-000000000000'::uuid"
-
-/*
  * The per-key guard of step 1: the key's oldest unfinished message (its
  * head) must be pending and due; its id comes along, so that a key with a
  * single candidate needs no further check.
  */
 #define CLAIM_KEY_HEAD_COLUMN ", head.id AS head_id"
 #define CLAIM_KEY_HEAD_JOIN \
-	"LEFT JOIN LATERAL (SELECT h.key, h.id, h.status, h.next_attempt_at FROM outbox.messages h " \
-	"                   WHERE (h.key, h.id) >= (m.key, " NIL_UUID_SQL ") AND h.key <> '' " \
+	"LEFT JOIN LATERAL (SELECT h.id, h.status, h.next_attempt_at FROM outbox.messages h " \
+	"                   WHERE h.key = m.key AND h.key <> '' " \
 	"                     AND h.status IN ('pending', 'processing') " \
 	"                   ORDER BY h.key, h.id LIMIT 1) head ON m.key <> ''"
 #define CLAIM_KEY_GUARD \
-	"AND (m.key = '' OR (head.key = m.key AND head.status = 'pending' " \
-	"                    AND head.next_attempt_at <= $2))"
+	"AND (m.key = '' OR (head.status = 'pending' AND head.next_attempt_at <= $2))"
 
 /*
  * Most rounds of step 1 per claim.  A round is repeated only when keys held
@@ -88,17 +76,14 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
  */
 #define CLAIM_MAX_ROUNDS 8
 
-/*
- * Step 2: the oldest $2[i] unfinished messages of key $1[i], found the same
- * way as a key's head (see below).
- */
+/* Step 2: the oldest $2[i] unfinished messages of key $1[i]. */
 #define CLAIM_KEY_HEADS_SQL \
 	"SELECT k.ord, h.id FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS k(key, n, ord), " \
-	"LATERAL (SELECT h.key, h.id FROM outbox.messages h " \
-	"         WHERE (h.key, h.id) >= (k.key, " NIL_UUID_SQL ") AND h.key <> '' " \
+	"LATERAL (SELECT h.id FROM outbox.messages h " \
+	"         WHERE h.key = k.key AND h.key <> '' " \
 	"           AND h.status IN ('pending', 'processing') " \
 	"         ORDER BY h.key, h.id LIMIT k.n) h " \
-	"WHERE h.key = k.key ORDER BY k.ord, h.id"
+	"ORDER BY k.ord, h.id"
 
 /* Step 3; $1 = ids, $2 = now, $3 = claimer's pid. */
 #define CLAIM_MARK_SQL \
