@@ -60,20 +60,9 @@ if command -v dpkg-query >/dev/null 2>&1; then
     fi
 fi
 
-if [[ -n ${PG_CONFIG:-} ]]; then
-    pg_config_bin=$PG_CONFIG
-elif [[ -x /usr/lib/postgresql/15/bin/pg_config ]]; then
-    pg_config_bin=/usr/lib/postgresql/15/bin/pg_config
-else
-    pg_config_bin=$(command -v pg_config)
-fi
-bindir=$("$pg_config_bin" --bindir)
-sharedir=$("$pg_config_bin" --sharedir)
-pkglibdir=$("$pg_config_bin" --pkglibdir)
-if [[ ! -f $sharedir/extension/outbox.control || ! -f $pkglibdir/outbox.so ]]; then
-    echo "bench: the outbox extension is not installed; run 'make install' first" >&2
-    exit 1
-fi
+# shellcheck source=bench/pg.sh
+source "$here/pg.sh"
+find_outbox_install bench
 if [[ ! -f $sharedir/extension/pgq.control ]]; then
     echo "bench: PgQ is not installed for $("$pg_config_bin" --version) (postgresql-15-pgq3)" >&2
     exit 1

@@ -52,20 +52,9 @@ csv=${SOAK_CSV:-/tmp/outbox-soak.csv}
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-if [[ -n ${PG_CONFIG:-} ]]; then
-    pg_config_bin=$PG_CONFIG
-elif [[ -x /usr/lib/postgresql/15/bin/pg_config ]]; then
-    pg_config_bin=/usr/lib/postgresql/15/bin/pg_config
-else
-    pg_config_bin=$(command -v pg_config)
-fi
-bindir=$("$pg_config_bin" --bindir)
-sharedir=$("$pg_config_bin" --sharedir)
-pkglibdir=$("$pg_config_bin" --pkglibdir)
-if [[ ! -f $sharedir/extension/outbox.control || ! -f $pkglibdir/outbox.so ]]; then
-    echo "soak: the outbox extension is not installed; run 'make install' first" >&2
-    exit 1
-fi
+# shellcheck source=bench/pg.sh
+source "$here/pg.sh"
+find_outbox_install soak
 python=/usr/bin/python3
 [[ -x $python ]] || python=python3
 "$python" -c 'import psycopg2' 2>/dev/null ||
