@@ -300,13 +300,20 @@ define_settings(void)
 							 NULL, NULL, NULL);
 }
 
-/* Ask for the shared memory the extension needs. */
+/*
+ * Ask for the shared memory the extension needs.  This runs in the
+ * postmaster once every library of shared_preload_libraries is loaded, so
+ * it is also where the "outbox." prefix is reserved: plug-in publishers
+ * (outbox_kafka, ...) load after outbox and define outbox.* settings of
+ * their own, whose values in postgresql.conf must survive until then.
+ */
 static void
 outbox_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(OutboxSharedState)));
+	MarkGUCPrefixReserved("outbox");
 }
 
 /* Create or attach to the shared state. */
@@ -488,11 +495,13 @@ _PG_init(void)
 	outbox_register_notify_publisher();
 	outbox_register_http_publisher();
 	outbox_register_function_publisher();
-	/* After the publishers defined their outbox.* settings too. */
-	MarkGUCPrefixReserved("outbox");
 
 	if (!process_shared_preload_libraries_in_progress)
+	{
+		/* Loaded into one session: no plug-in can follow. */
+		MarkGUCPrefixReserved("outbox");
 		return;
+	}
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = outbox_shmem_request;
