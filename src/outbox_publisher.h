@@ -110,8 +110,11 @@ extern PGDLLEXPORT void OutboxRegisterPublisher(const OutboxPublisher *publisher
 /*
  * Wait up to timeout_ms for the worker's latch, an interrupt or one of the
  * given socket events (pass PGINVALID_SOCKET and 0 to wait for none).
- * Handles SIGTERM (exits), SIGHUP (sets a flag the worker acts on after the
- * batch) and postmaster death.  Returns the WaitLatchOrSocket() result.
+ * Handles SIGTERM (exits), SIGHUP and postmaster death.  On SIGHUP the
+ * configuration files are read at once, so settings may change between two
+ * calls (never keep a pointer to a string setting across a wait); the
+ * publisher's reload() callback follows after the batch.  Returns the
+ * WaitLatchOrSocket() result.
  */
 extern PGDLLEXPORT int OutboxPublisherWait(pgsocket sock, int socket_events,
 										   long timeout_ms);

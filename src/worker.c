@@ -78,6 +78,9 @@ static bool careful_next_batch = false;
 /* Whether the latch was set (and reset) while a publisher waited. */
 static bool woken_while_publishing = false;
 
+/* The configuration was reloaded while a publisher waited. */
+static bool publisher_reload_pending = false;
+
 /* Memory for one batch, reset before each. */
 static MemoryContext batch_context = NULL;
 
@@ -156,12 +159,21 @@ select_publisher(void)
 	publisher_name = MemoryContextStrdup(TopMemoryContext, outbox_publisher_name);
 }
 
-/* Apply a configuration reload. */
+/*
+ * Apply a configuration reload: read the files, then tell the publisher.  A
+ * reload that came while a batch was being published (read by
+ * OutboxPublisherWait, so that the worker answers SIGHUP within one wait
+ * slice) is passed on to the publisher here, between batches.
+ */
 static void
 reload_settings(void)
 {
-	ConfigReloadPending = false;
-	ProcessConfigFile(PGC_SIGHUP);
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	publisher_reload_pending = false;
 	if (publisher && publisher_ready && publisher->reload &&
 		strcmp(publisher_name, outbox_publisher_name) == 0)
 		publisher->reload();
@@ -581,7 +593,7 @@ outbox_worker_main(Datum main_arg)
 		long		timeout_ms;
 
 		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
+		if (ConfigReloadPending || publisher_reload_pending)
 			reload_settings();
 
 		PG_TRY();
@@ -621,7 +633,8 @@ outbox_worker_main(Datum main_arg)
 			woken_while_publishing = false;
 			SetLatch(MyLatch);
 		}
-		if (more && error_backoff_ms == 0 && !ConfigReloadPending)
+		if (more && error_backoff_ms == 0 && !ConfigReloadPending &&
+			!publisher_reload_pending)
 			continue;
 
 		timeout_ms = error_backoff_ms > 0 ? error_backoff_ms : outbox_poll_interval;
@@ -670,5 +683,18 @@ OutboxPublisherWait(pgsocket sock, int socket_events, long timeout_ms)
 		woken_while_publishing = true;
 	}
 	CHECK_FOR_INTERRUPTS();
+
+	/*
+	 * SIGHUP: read the configuration now, even in the middle of a long
+	 * batch, so that settings such as log levels take effect at once; the
+	 * publisher's own reload() waits for the end of the batch, so that it
+	 * never rebuilds its transport under requests in flight.
+	 */
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		publisher_reload_pending = true;
+	}
 	return rc;
 }
