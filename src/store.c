@@ -57,6 +57,18 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 	"ORDER BY m.id LIMIT $1 FOR UPDATE OF m SKIP LOCKED"
 
 /*
+ * A key's oldest unfinished messages are looked up with the key compared as
+ * a range, "key >= k AND key <= k", not as "key = k".  With the equality
+ * the key is a constant to the planner, so "ORDER BY key, id" is just
+ * "ORDER BY id", which walking the primary key also gives: on statistics
+ * that still say "all pending" the planner may pick that, and filter out
+ * every processed message older than the head, a claim then costing as
+ * much as the table is large.  With the range, only the key index gives
+ * the (key, id) order, and the range bounds its scan to the one key.
+ */
+#define KEY_IS(col, key) col " >= " key " AND " col " <= " key
+
+/*
  * The per-key guard of step 1: the key's oldest unfinished message (its
  * head) must be pending and due; its id comes along, so that a key with a
  * single candidate needs no further check.
@@ -64,7 +76,7 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 #define CLAIM_KEY_HEAD_COLUMN ", head.id AS head_id"
 #define CLAIM_KEY_HEAD_JOIN \
 	"LEFT JOIN LATERAL (SELECT h.id, h.status, h.next_attempt_at FROM outbox.messages h " \
-	"                   WHERE h.key = m.key AND h.key <> '' " \
+	"                   WHERE " KEY_IS("h.key", "m.key") " AND h.key <> '' " \
 	"                     AND h.status IN ('pending', 'processing') " \
 	"                   ORDER BY h.key, h.id LIMIT 1) head ON m.key <> ''"
 #define CLAIM_KEY_GUARD \
@@ -76,11 +88,14 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
  */
 #define CLAIM_MAX_ROUNDS 8
 
-/* Step 2: the oldest $2[i] unfinished messages of key $1[i]. */
+/*
+ * Step 2: the oldest $2[i] unfinished messages of key $1[i], looked up as a
+ * key's head is.
+ */
 #define CLAIM_KEY_HEADS_SQL \
 	"SELECT k.ord, h.id FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS k(key, n, ord), " \
 	"LATERAL (SELECT h.id FROM outbox.messages h " \
-	"         WHERE h.key = k.key AND h.key <> '' " \
+	"         WHERE " KEY_IS("h.key", "k.key") " AND h.key <> '' " \
 	"           AND h.status IN ('pending', 'processing') " \
 	"         ORDER BY h.key, h.id LIMIT k.n) h " \
 	"ORDER BY k.ord, h.id"
