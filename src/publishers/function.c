@@ -110,7 +110,6 @@ lookup_publisher_function(void)
 	Oid			argtype;
 	List	   *names;
 	Oid			fn;
-	char	   *problem;
 
 	if (publisher_function[0] == '\0')
 	{
@@ -129,6 +128,8 @@ lookup_publisher_function(void)
 	fn = LookupFuncName(names, 1, &argtype, true);
 	if (!OidIsValid(fn))
 	{
+		char	   *problem;
+
 		if (FuncnameGetCandidates(names, -1, NIL, false, false, false, true) != NULL)
 			problem = psprintf("function %s exists, but not with the signature %s(outbox.messages)",
 							   publisher_function, publisher_function);

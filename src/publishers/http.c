@@ -382,7 +382,7 @@ add_header(HttpRequest *r, const char *name, int namelen,
 static void
 add_header_cstr(HttpRequest *r, const char *name, const char *value)
 {
-	add_header(r, name, strlen(name), value, strlen(value));
+	add_header(r, name, (int) strlen(name), value, (int) strlen(value));
 }
 
 /* Whether the payload is valid JSON (and so valid UTF-8). */
@@ -415,9 +415,9 @@ signing_key(int *keylen)
 
 	if (len > 6 && strncmp(secret, "whsec_", 6) == 0)
 	{
-		int			declen = pg_b64_dec_len(len - 6);
+		int			declen = pg_b64_dec_len((int) (len - 6));
 		char	   *key = palloc(declen + 1);
-		int			n = pg_b64_decode(secret + 6, len - 6, key, declen);
+		int			n = pg_b64_decode(secret + 6, (int) (len - 6), key, declen);
 
 		if (n > 0)
 		{
@@ -426,7 +426,7 @@ signing_key(int *keylen)
 		}
 		pfree(key);
 	}
-	*keylen = len;
+	*keylen = (int) len;
 	return pstrdup(secret);
 }
 
@@ -442,7 +442,6 @@ webhook_signature(const char *key, int keylen, const char *id,
 	uint8		mac[PG_SHA256_DIGEST_LENGTH];
 	ResourceOwner saved_owner = CurrentResourceOwner;
 	pg_hmac_ctx *ctx;
-	bool		ok;
 	int			enclen = pg_b64_enc_len(sizeof(mac));
 	char	   *signature = palloc(enclen + 4);
 	int			written;
@@ -452,6 +451,8 @@ webhook_signature(const char *key, int keylen, const char *id,
 	CurrentResourceOwner = hmac_owner;
 	PG_TRY();
 	{
+		bool		ok;
+
 		ctx = pg_hmac_create(PG_SHA256);
 		ok = ctx != NULL &&
 			pg_hmac_init(ctx, (const uint8 *) key, keylen) == 0 &&
@@ -500,7 +501,7 @@ request_url(CURL *easy, const char *topic)
 						(errcode(ERRCODE_OUT_OF_MEMORY),
 						 errmsg("out of memory")));
 		}
-		appendBinaryStringInfo(&buf, p, hit - p);
+		appendBinaryStringInfo(&buf, p, (int) (hit - p));
 		appendStringInfoString(&buf, escaped);
 		p = hit + strlen("{topic}");
 	}
@@ -523,7 +524,7 @@ collect_body(char *data, size_t size, size_t nmemb, void *userdata)
 		size_t		take = Min(room, n);
 
 		memcpy(r->body + r->body_len, data, take);
-		r->body_len += take;
+		r->body_len += (int) take;
 	}
 	return n;
 }
@@ -622,8 +623,8 @@ on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 		watched[nwatched].revents = 0;
 		nwatched++;
 	}
-	watched[i].events = ((what & CURL_POLL_IN) ? POLLIN : 0) |
-		((what & CURL_POLL_OUT) ? POLLOUT : 0);
+	watched[i].events = (short) (((what & CURL_POLL_IN) ? POLLIN : 0) |
+		((what & CURL_POLL_OUT) ? POLLOUT : 0));
 	return 0;
 }
 
@@ -781,9 +782,9 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 			add_header(r, name, namelen, v.val.string.val, v.val.string.len);
 		}
 	}
-	if (problem == NULL && bad_value_byte(m->topic, strlen(m->topic)) >= 0)
+	if (problem == NULL && bad_value_byte(m->topic, (int) strlen(m->topic)) >= 0)
 		problem = pstrdup("the topic contains control characters, which the Outbox-Topic header cannot carry");
-	if (problem == NULL && bad_value_byte(m->key, strlen(m->key)) >= 0)
+	if (problem == NULL && bad_value_byte(m->key, (int) strlen(m->key)) >= 0)
 		problem = pstrdup("the key contains control characters, which the Outbox-Key header cannot carry");
 	if (problem)
 	{
@@ -877,7 +878,7 @@ finish_request(HttpRequest *r, CURLcode code, OutboxPublishResult *result)
 		}
 	}
 	else if (r->errbuf[0] != '\0')
-		append_printable(&error, r->errbuf, strlen(r->errbuf), true);
+		append_printable(&error, r->errbuf, (int) strlen(r->errbuf), true);
 	else
 		appendStringInfoString(&error, curl_easy_strerror(code));
 
@@ -927,11 +928,12 @@ static pg_noinline void
 dispatch(struct pollfd *ready, int nready)
 {
 	sigset_t	saved;
-	int			i;
 
 	block_signals(&saved);
 	PG_TRY();
 	{
+		int			i;
+
 		for (i = 0; i < nready; i++)
 		{
 			int			events = 0;
