@@ -31,6 +31,33 @@ SHLIB_LINK += -lcurl
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# ---------------------------------------------------------------- broker publishers
+
+# The broker publishers are plug-in libraries of their own (outbox_kafka;
+# see src/publishers/kafka.mk), so that the core never links a broker
+# client.  Each is built when its client library is installed
+# (librdkafka-dev); BROKERS=kafka or BROKERS= overrides the choice.
+BROKERS ?= $(strip \
+	$(if $(shell pkg-config --exists rdkafka 2>/dev/null && echo y),kafka))
+
+.PHONY: brokers install-brokers clean-brokers
+all: brokers
+install: install-brokers
+clean: clean-brokers
+
+brokers:
+	@for b in $(BROKERS); do \
+		$(MAKE) -f src/publishers/$$b.mk PG_CONFIG=$(PG_CONFIG) all || exit 1; \
+	done
+install-brokers: brokers
+	@for b in $(BROKERS); do \
+		$(MAKE) -f src/publishers/$$b.mk PG_CONFIG=$(PG_CONFIG) install || exit 1; \
+	done
+clean-brokers:
+	@for b in kafka; do \
+		$(MAKE) -f src/publishers/$$b.mk PG_CONFIG=$(PG_CONFIG) clean || exit 1; \
+	done
+
 .PHONY: test demo install-for-tests clean-test-modules
 
 # Install into the server's directories, through sudo when they are not ours.
@@ -45,12 +72,14 @@ install-for-tests: all
 # SUITES=pgtap (or isolation, tap) runs one.
 test: install-for-tests
 	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG)
+	$(MAKE) -C test/brokers BROKERS="$(BROKERS)"
 	PG_CONFIG=$(PG_CONFIG) bash test/run.sh $(or $(SUITES),all)
 
 # The example publisher the tests load (test/modules/outbox_flaky).
 clean: clean-test-modules
 clean-test-modules:
 	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG) clean
+	$(MAKE) -C test/brokers clean
 
 # A throw-away cluster showing messages flowing (see demo/demo.sh).
 demo:

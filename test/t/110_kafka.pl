@@ -1,0 +1,384 @@
+# 110_kafka.pl -- the kafka publisher (library outbox_kafka) against a
+# 3-broker librdkafka mock cluster (test/brokers/kafka_mock, which prints
+# every record it consumes as a JSON line).
+#
+#  - 300 messages over several keys and topics arrive exactly once, with
+#    key, value and headers (outbox-id, outbox-topic, outbox-created-at and
+#    the message's own) intact, and are marked processed;
+#  - one key lands in one partition, in id order;
+#  - broker errors (NOT_ENOUGH_REPLICAS on Produce) are failed attempts
+#    with the broker's text in last_error, and everything arrives after;
+#  - a topic that is no legal Kafka name, and a header the publisher sets
+#    itself, fail their message at once; save() refuses the topic;
+#  - bad outbox.kafka_properties: refused by the check hook without quoting
+#    the value; an unknown property is logged by name and messages wait;
+#    non-superusers cannot read it; the secret never reaches the log;
+#  - with the brokers unreachable, a message times out (failed attempt), a
+#    reload pointing at the cluster is applied within seconds, and a fast
+#    shutdown completes promptly.
+#
+# Skipped when outbox_kafka or kafka_mock is missing, unless
+# OUTBOX_REQUIRE_BROKERS is set: then that is a failure.
+
+use strict;
+use warnings;
+
+use File::Basename qw(dirname);
+use File::Spec;
+use IPC::Run ();
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+
+use OutboxTest;
+
+# Skip (or fail, under OUTBOX_REQUIRE_BROKERS) when something is missing.
+sub missing
+{
+	my ($why) = @_;
+	if ($ENV{OUTBOX_REQUIRE_BROKERS})
+	{
+		fail("$why (OUTBOX_REQUIRE_BROKERS is set)");
+		done_testing();
+		exit 0;
+	}
+	plan skip_all => $why;
+}
+
+my $pg_config = $ENV{PG_CONFIG} // 'pg_config';
+my $pkglibdir = `$pg_config --pkglibdir`;
+chomp $pkglibdir;
+missing("outbox_kafka is not installed in $pkglibdir (build with librdkafka-dev)")
+  unless -f "$pkglibdir/outbox_kafka.so";
+
+my $brokers_dir = File::Spec->rel2abs(File::Spec->catdir(dirname(__FILE__), '..', 'brokers'));
+my $mock_bin = "$brokers_dir/kafka_mock";
+system('make', '-s', '-C', $brokers_dir, 'BROKERS=kafka', 'kafka_mock') unless -x $mock_bin;
+missing("$mock_bin is missing (make -C test/brokers)") unless -x $mock_bin;
+
+########################################################################
+# The mock cluster.
+
+my ($mock_in, $mock_out, $mock_err) = ('', '', '');
+my $mock = IPC::Run::start([ $mock_bin, 'orders', 'payments', 'users' ],
+	\$mock_in, \$mock_out, \$mock_err);
+END { $mock->kill_kill if $mock; }
+
+my @records;    # decoded record lines
+my @replies;    # other lines (command answers)
+my $json = JSON::PP->new;
+
+# Read what kafka_mock printed so far.
+sub drain_mock
+{
+	$mock->pump_nb;
+	while ((my $i = index($mock_out, "\n")) >= 0)
+	{
+		my $line = substr($mock_out, 0, $i);
+		substr($mock_out, 0, $i + 1) = '';
+		if ($line =~ /^\{/)
+		{
+			my $r = $json->decode($line);
+			$r->{h} = {};
+			for my $pair (@{ $r->{headers} })
+			{
+				push @{ $r->{h}{ $pair->[0] } }, $pair->[1];
+			}
+			push @records, $r;
+		}
+		else
+		{
+			push @replies, $line;
+		}
+	}
+	return;
+}
+
+# Send a command, return its answer line.
+sub mock_command
+{
+	my ($cmd) = @_;
+	my $before = scalar @replies;
+	$mock_in .= "$cmd\n";
+	OutboxTest::wait_until(10, sub { drain_mock(); @replies > $before })
+	  or die "kafka_mock did not answer \"$cmd\"";
+	return $replies[$before];
+}
+
+OutboxTest::wait_until(30, sub { drain_mock(); @replies > 0 })
+  or missing("kafka_mock did not start: $mock_err");
+my ($bootstrap) = $replies[0] =~ /^bootstrap (\S+)$/;
+ok($bootstrap, "mock cluster started: $bootstrap");
+
+# Records whose outbox-id header is one of @ids.
+sub records_of
+{
+	my %want = map { $_ => 1 } @_;
+	return grep { $want{ $_->{h}{'outbox-id'}[0] // '' } } @records;
+}
+
+# Wait until every id has arrived at least once.
+sub wait_records
+{
+	my @ids = @_;
+	my $ok = OutboxTest::wait_until(
+		$OutboxTest::TIMEOUT,
+		sub {
+			drain_mock();
+			my %seen = map { ($_->{h}{'outbox-id'}[0] // '') => 1 } @records;
+			return !grep { !$seen{$_} } @ids;
+		});
+	diag('not every message arrived in Kafka') unless $ok;
+	return $ok;
+}
+
+########################################################################
+# The node.
+
+my $secret = 'SECRET123';
+my $properties = "sasl.password=$secret;message.send.max.retries=1;retry.backoff.ms=10";
+my $node = OutboxTest::new_node('kafka', conf => qq{
+shared_preload_libraries = 'outbox, outbox_kafka'
+outbox.publisher = 'kafka'
+outbox.kafka_brokers = '$bootstrap'
+outbox.kafka_properties = '$properties'
+outbox.poll_interval = '100ms'
+outbox.retry_backoff = '50ms'
+outbox.retry_backoff_max = '200ms'
+outbox.max_retries = 1000
+});
+
+sub ids_of
+{
+	my ($sql) = @_;
+	return split /\n/, $node->safe_psql('postgres', $sql);
+}
+
+sub message
+{
+	my ($id) = @_;
+	my $row = $node->safe_psql('postgres',
+		"SELECT status, retries, coalesce(last_error, '') FROM outbox.messages WHERE id = '$id'");
+	my ($status, $retries, $error) = split /\|/, $row, 3;
+	return { status => $status, retries => $retries, error => $error };
+}
+
+sub wait_processed
+{
+	my @ids = @_;
+	my $list = join(',', map { "'$_'" } @ids);
+	return OutboxTest::poll_until($node, 'postgres',
+		"SELECT count(*) FROM outbox.messages WHERE id IN ($list) AND status = 'processed'",
+		scalar(@ids));
+}
+
+########################################################################
+# 1. Delivery: exactly once, key, value and headers intact.
+
+my $n = 300;
+my @ids = ids_of(qq{
+	SELECT outbox.save((ARRAY['orders', 'payments', 'users'])[1 + i % 3],
+	                   jsonb_build_object('i', i),
+	                   CASE WHEN i % 10 = 0 THEN NULL ELSE 'k' || (i % 7) END,
+	                   jsonb_build_object('x-trace', 't' || i, 'x-run', 'one'))
+	FROM generate_series(1, $n) AS i ORDER BY i});
+is(scalar @ids, $n, "$n messages saved");
+ok(wait_records(@ids), "all $n messages arrived");
+ok(wait_processed(@ids), "all $n marked processed");
+drain_mock();
+
+my @got = records_of(@ids);
+my %count;
+$count{ $_->{h}{'outbox-id'}[0] }++ for @got;
+is(scalar(grep { $count{$_} == 1 } @ids), $n, 'each message arrived exactly once');
+
+my %expect;
+for my $row (split /\n/, $node->safe_psql('postgres', qq{
+	SELECT id, topic, key, convert_from(payload, 'UTF8'), headers->>'x-trace'
+	FROM outbox.messages WHERE headers->>'x-run' = 'one'}))
+{
+	my ($id, $topic, $key, $payload, $trace) = split /\|/, $row;
+	$expect{$id} = { topic => $topic, key => $key, payload => $payload, trace => $trace };
+}
+my ($bad_topic, $bad_key, $bad_value, $bad_headers) = (0, 0, 0, 0);
+my @created;
+for my $r (@got)
+{
+	my $e = $expect{ $r->{h}{'outbox-id'}[0] };
+	$bad_topic++ unless $r->{topic} eq $e->{topic} && $r->{h}{'outbox-topic'}[0] eq $e->{topic};
+	$bad_key++ unless ($e->{key} eq '' ? !defined $r->{key} : ($r->{key} // '') eq $e->{key});
+	$bad_value++ unless $r->{value} eq $e->{payload};
+	$bad_headers++
+	  unless ($r->{h}{'x-trace'}[0] // '') eq $e->{trace}
+	  && ($r->{h}{'x-run'}[0] // '') eq 'one'
+	  && ($r->{h}{'content-type'}[0] // '') eq 'application/json'
+	  && @{ $r->{h}{'outbox-id'} } == 1
+	  && ($r->{h}{'outbox-created-at'}[0] // '') =~
+	  /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d(:\d\d)?)$/;
+	push @created, "('$r->{h}{'outbox-id'}[0]'::uuid, '$r->{h}{'outbox-created-at'}[0]'::timestamptz)";
+}
+is($bad_topic, 0, 'record topic and outbox-topic header are the message topic');
+is($bad_key, 0, 'record key is the message key (no key without one)');
+is($bad_value, 0, 'record value is the payload');
+is($bad_headers, 0, 'message headers and outbox-* headers present, outbox-created-at is RFC 3339');
+is( $node->safe_psql('postgres',
+		'SELECT count(*) FROM outbox.messages m JOIN (VALUES ' . join(',', @created)
+		  . ') AS v(id, at) ON m.id = v.id AND m.created_at = v.at'),
+	$n, 'outbox-created-at is the creation time of each message');
+
+########################################################################
+# 2. One key, one partition, in id order.
+
+my (%partitions, %offsets_in_order);
+for my $r (sort { $a->{partition} <=> $b->{partition} || $a->{offset} <=> $b->{offset} } @got)
+{
+	next unless defined $r->{key};
+	my $k = "$r->{topic}/$r->{key}";
+	$partitions{$k}{ $r->{partition} } = 1;
+	push @{ $offsets_in_order{$k} }, $r->{h}{'outbox-id'}[0];
+}
+is(scalar(grep { keys %{ $partitions{$_} } != 1 } keys %partitions), 0,
+	'the messages of a key all land in one partition');
+my %all_partitions = map { $_->{partition} => 1 } @got;
+cmp_ok(scalar keys %all_partitions, '>', 1, 'keys spread over several partitions');
+my $misordered = 0;
+for my $k (keys %offsets_in_order)
+{
+	my @seq = @{ $offsets_in_order{$k} };
+	my @sorted = sort @seq;    # UUIDv7 text sorts in id order
+	$misordered++ unless "@seq" eq "@sorted";
+}
+is($misordered, 0, 'within its partition, a key\'s messages are in id order');
+
+########################################################################
+# 3. Broker errors are failed attempts; nothing is lost.
+
+# librdkafka's mock cluster keeps a producer's sequence numbers across an
+# epoch bump (which the idempotent producer does after a record failed for
+# good), so it would take records written after the bump for duplicates:
+# the errors hit a fresh producer (new properties) on a fresh one-partition
+# topic, one request at a time, before anything is written with it.
+is(mock_command('topic errors 1'), 'ok', 'topic "errors" created');
+$node->append_conf('postgresql.conf', "outbox.kafka_properties = '$properties;max.in.flight=1'\n");
+$node->reload;
+OutboxTest::poll_until($node, 'postgres',
+	"SELECT current_setting('outbox.kafka_properties') LIKE '%max.in.flight=1'", 't');
+is(mock_command('errors 0 2 19'), 'ok', 'NOT_ENOUGH_REPLICAS queued for the next 2 Produce requests');
+my @err_ids = ids_of(q{
+	SELECT outbox.save('errors', jsonb_build_object('e', i), 'e' || (i % 4))
+	FROM generate_series(1, 20) AS i ORDER BY i});
+ok(wait_records(@err_ids), 'after the errors, every message arrived');
+ok(wait_processed(@err_ids), 'and every one is processed');
+my $list = join(',', map { "'$_'" } @err_ids);
+cmp_ok($node->safe_psql('postgres', "SELECT sum(retries) FROM outbox.messages WHERE id IN ($list)"),
+	'>', 0, 'the broker errors were failed attempts');
+is( $node->safe_psql('postgres',
+		"SELECT count(*) FROM outbox.messages WHERE id IN ($list) AND retries > 0 "
+		  . "AND last_error <> 'kafka: Broker: Not enough in-sync replicas'"),
+	'0', 'last_error has the broker\'s error text');
+
+########################################################################
+# Messages that can never be sent fail at once.
+
+my ($rc, $stdout, $stderr) = $node->psql('postgres', q{SELECT outbox.save('bad topic!', '1'::text)});
+isnt($rc, 0, 'save() refuses a topic that is no legal Kafka topic name');
+like($stderr, qr/not a legal Kafka topic name/, 'with the reason');
+my ($bad_topic_id) = ids_of(q{
+	INSERT INTO outbox.messages (topic, payload) VALUES ('bad topic!', '\x31') RETURNING id});
+my $spoofed_id = $node->safe_psql('postgres',
+	q{SELECT outbox.save('orders', '2'::text, NULL, '{"outbox-id": "spoofed"}')});
+ok( OutboxTest::poll_until($node, 'postgres',
+		"SELECT count(*) FROM outbox.messages WHERE id IN ('$bad_topic_id', '$spoofed_id') AND status = 'failed' AND retries = 1",
+		'2'),
+	'a bad topic on the batch path and a reserved header fail at once');
+like(message($bad_topic_id)->{error}, qr/^"bad topic!" is not a legal Kafka topic name/,
+	'bad topic: clear error');
+like(message($spoofed_id)->{error}, qr/"outbox-id" cannot be sent/, 'reserved header: clear error');
+
+########################################################################
+# 4. Bad settings; the secret stays secret.
+
+($rc, $stdout, $stderr) = $node->psql('postgres',
+	"ALTER SYSTEM SET outbox.kafka_properties = 'sasl.password $secret'");
+isnt($rc, 0, 'bad syntax refused by ALTER SYSTEM');
+like($stderr, qr/invalid value for parameter "outbox.kafka_properties"/, 'names the setting');
+like($stderr, qr/Entry 1 has no "="/, 'says what is wrong');
+unlike($stderr, qr/$secret/, 'without quoting the value');
+($rc, $stdout, $stderr) = $node->psql('postgres',
+	"ALTER SYSTEM SET outbox.kafka_properties = 'bootstrap.servers=elsewhere:9092'");
+like($stderr, qr/use outbox.kafka_brokers/, 'bootstrap.servers is refused in kafka_properties');
+
+my $offset = OutboxTest::log_position($node);
+$node->append_conf('postgresql.conf', "outbox.kafka_properties = 'garbage$secret'\n");
+$node->reload;
+ok( OutboxTest::wait_for_log_line($node,
+		qr/invalid value for parameter "outbox.kafka_properties"/, $offset),
+	'bad syntax in postgresql.conf: reload refuses it');
+
+$offset = OutboxTest::log_position($node);
+$node->append_conf('postgresql.conf', "outbox.kafka_properties = 'no.such.property=$secret'\n");
+$node->reload;
+my $waiting_id = $node->safe_psql('postgres', q{SELECT outbox.save('orders', '{"w": 1}'::jsonb)});
+ok( OutboxTest::wait_for_log_line($node,
+		qr/outbox kafka publisher: outbox.kafka_properties: unknown librdkafka property "no.such.property"/,
+		$offset),
+	'unknown property: logged by name');
+is(message($waiting_id)->{status}, 'pending', 'the message waits, untouched');
+is(message($waiting_id)->{retries}, '0', 'no attempt counted');
+
+$node->append_conf('postgresql.conf', "outbox.kafka_properties = '$properties'\n");
+$node->reload;
+ok(wait_processed($waiting_id), 'delivered once the setting is fixed');
+
+$node->safe_psql('postgres', 'CREATE ROLE app LOGIN');
+($rc, $stdout, $stderr) = $node->psql('postgres', 'SHOW outbox.kafka_properties', extra_params => [ '-U', 'app' ]);
+isnt($rc, 0, 'a non-superuser cannot SHOW outbox.kafka_properties');
+like($stderr, qr/must be superuser|permission denied/, 'refused');
+is($node->safe_psql('postgres', "SELECT count(*) FROM pg_settings WHERE name = 'outbox.kafka_properties'"),
+	'0', 'not in pg_settings');
+
+########################################################################
+# 5. Unreachable brokers: timeouts, a prompt reload, a prompt shutdown.
+
+my $closed = PostgreSQL::Test::Cluster::get_free_port();
+OutboxTest::set_conf($node, 'outbox.kafka_brokers' => "127.0.0.1:$closed",
+	'outbox.kafka_properties' => "$properties;message.timeout.ms=1500");
+my $late_id = $node->safe_psql('postgres', q{SELECT outbox.save('payments', '{"late": 1}'::jsonb, 'late')});
+ok( OutboxTest::poll_until($node, 'postgres',
+		"SELECT retries > 0 FROM outbox.messages WHERE id = '$late_id'", 't'),
+	'unreachable brokers: the attempt times out');
+like(message($late_id)->{error}, qr/^kafka: Local: Message timed out/, 'last_error says so');
+
+# A long message timeout: the batch waits in the publisher.
+OutboxTest::set_conf($node, 'outbox.kafka_properties' => "$properties;message.timeout.ms=60000");
+OutboxTest::poll_until($node, 'postgres',
+	"SELECT status = 'processing' FROM outbox.messages WHERE id = '$late_id'", 't')
+  or diag('the message was not claimed');
+OutboxTest::poll_until($node, 'postgres',
+	"SELECT wait_event FROM pg_stat_activity WHERE backend_type = 'outbox worker'", 'Extension');
+my $t0 = time();
+OutboxTest::set_conf($node, 'outbox.kafka_brokers' => $bootstrap);
+ok(wait_processed($late_id), 'reload pointing at the cluster: delivered');
+cmp_ok(time() - $t0, '<', 20, 'well before the 60 s message timeout');
+
+OutboxTest::set_conf($node, 'outbox.kafka_brokers' => "127.0.0.1:$closed");
+my $stuck_id = $node->safe_psql('postgres', q{SELECT outbox.save('payments', '{"stuck": 1}'::jsonb)});
+OutboxTest::poll_until($node, 'postgres',
+	"SELECT status FROM outbox.messages WHERE id = '$stuck_id'", 'processing')
+  or diag('the message was not claimed');
+my $log_before_stop = slurp_file($node->logfile);
+is( system('pg_ctl', '-D', $node->data_dir, '-m', 'fast', '-w', '-t', '10', 'stop'), 0,
+	'fast shutdown completes within 10 s while the worker waits for unreachable brokers');
+$node->_update_pid(0);
+
+my $log = slurp_file($node->logfile);
+is(index($log, $secret), -1, 'the secret never appears in the server log');
+like($log, qr/parameter "outbox.kafka_properties" changed$/m, 'changes are logged without the value');
+
+$mock_in .= "quit\n";
+$mock->finish;
+$mock = undef;
+
+done_testing();
