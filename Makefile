@@ -33,12 +33,14 @@ include $(PGXS)
 
 # ---------------------------------------------------------------- broker publishers
 
-# The broker publishers are plug-in libraries of their own (outbox_kafka;
-# see src/publishers/kafka.mk), so that the core never links a broker
-# client.  Each is built when its client library is installed
-# (librdkafka-dev); BROKERS=kafka or BROKERS= overrides the choice.
+# The broker publishers are plug-in libraries of their own (outbox_kafka,
+# outbox_nats; see src/publishers/kafka.mk and nats.mk), so that the core
+# never links a broker client.  Each is built when its client library is
+# installed (librdkafka-dev, libnats-dev); BROKERS="kafka nats" or BROKERS=
+# overrides the choice.
 BROKERS ?= $(strip \
-	$(if $(shell pkg-config --exists rdkafka 2>/dev/null && echo y),kafka))
+	$(if $(shell pkg-config --exists rdkafka 2>/dev/null && echo y),kafka) \
+	$(if $(shell pkg-config --exists libnats 2>/dev/null && echo y),nats))
 
 .PHONY: brokers install-brokers clean-brokers
 all: brokers
@@ -54,7 +56,7 @@ install-brokers: brokers
 		$(MAKE) -f src/publishers/$$b.mk PG_CONFIG=$(PG_CONFIG) install || exit 1; \
 	done
 clean-brokers:
-	@for b in kafka; do \
+	@for b in kafka nats; do \
 		$(MAKE) -f src/publishers/$$b.mk PG_CONFIG=$(PG_CONFIG) clean || exit 1; \
 	done
 
