@@ -26,6 +26,9 @@
 #   PG_TEST_NOCLEAN     if set, keep all scratch directories and data dirs
 #   OUTBOX_SUITE_TIMEOUT  when CI is set, seconds after which a suite's test
 #                       runner is killed (default 1200; 0 = no limit)
+#   OUTBOX_REQUIRE_BROKERS  if set, the broker publishers' TAP tests (110_kafka,
+#                       120/121_nats) fail instead of skipping when outbox_kafka,
+#                       outbox_nats, their test helpers or nats-server are missing
 #   PG_TEST_TIMEOUT_DEFAULT, PG_TEST_EXTRA   passed on to the TAP framework
 #
 # Output ends with a line "N passed, N failed" counting suites.  The exit
