@@ -989,11 +989,24 @@ produce(const OutboxMessage *m, const char *topic, rd_kafka_headers_t *hdrs, uin
 }
 
 /*
+ * Whether outbox.kafka_brokers or outbox.kafka_properties differ from what
+ * the producer was built with.  A reload reads the configuration files even
+ * while a batch waits (OutboxPublisherWait), so this can turn true there.
+ */
+static bool
+settings_changed(void)
+{
+	return built_brokers != NULL &&
+		(strcmp(built_brokers, kafka_brokers) != 0 ||
+		 strcmp(built_properties, kafka_properties) != 0);
+}
+
+/*
  * Wait for the delivery report of every record produced, serving the main
  * queue whenever the pipe says something arrived and calling
- * OutboxPublisherWait() at least every WAIT_SLICE_MS.  A reload arriving
- * while the batch waits longer than RELOAD_GIVE_UP_MS (a cluster that does
- * not answer) closes the producer, so that the new settings apply soon:
+ * OutboxPublisherWait() at least every WAIT_SLICE_MS.  A reload that
+ * changed the brokers or properties while the batch waits longer than
+ * RELOAD_GIVE_UP_MS (a cluster that does not answer) closes the producer, so that the new settings apply soon:
  * records still unsent are dropped and their messages reported as not
  * attempted.
  */
@@ -1007,7 +1020,7 @@ wait_for_reports(int produced)
 		serve();
 		if (batch_reported >= produced)
 			break;
-		if (ConfigReloadPending && now_ms() - start >= RELOAD_GIVE_UP_MS)
+		if (now_ms() - start >= RELOAD_GIVE_UP_MS && settings_changed())
 		{
 			kafka_teardown();
 			break;
