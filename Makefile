@@ -31,6 +31,10 @@ SHLIB_LINK += -lcurl
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies: every object is rebuilt when a header
+# it includes changes (the shared-memory layout is in outbox.h).
+$(OBJS): src/outbox.h src/outbox_publisher.h
+
 # ---------------------------------------------------------------- broker publishers
 
 # The broker publishers are plug-in libraries of their own (outbox_kafka,

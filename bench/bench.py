@@ -833,9 +833,11 @@ def statement_kind(query):
     """Name a statement of the worker by its text."""
     q = ' '.join(query.split())
     if 'SKIP LOCKED' in q:
-        return 'claim'
-    if 'ORDINALITY' in q:
-        return 'key heads'
+        return 'claim: lock'
+    if 'm.ctid, m.id, m.key' in q:
+        return 'claim: scan'
+    if "status = 'processing' AND m.key" in q:
+        return 'claim: keys of external claims'
     if "SET status = 'processed'" in q:
         return 'mark processed'
     if 'DELETE FROM outbox.messages' in q:
@@ -1371,7 +1373,7 @@ def report(out, mode, cfg, meta, results):
         blocks = []
         for key, title in phases:
             for x in prof.get(key) or []:
-                if x['kind'] in ('claim', 'key heads', 'mark processed'):
+                if x['kind'] in ('claim: scan', 'claim: lock', 'mark processed'):
                     blocks.append(('%s — %s, median of %d' % (title, x['kind'], x['n']), x['plan']))
         blocks += [
             ('perf of the worker while it drains (ordering key, batch 100; drain rate %s msg/s '

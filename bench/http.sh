@@ -21,7 +21,9 @@
 #
 # Environment: PG_CONFIG (default PostgreSQL 15's), MESSAGES (100000),
 # FD_MESSAGES (20000), WRK_SECONDS (10), CONNECTIONS (32, the default of
-# outbox.http_max_concurrency).  Needs nginx, wrk and the installed outbox
+# outbox.http_max_concurrency), EXTRA_CONF (postgresql.conf lines added
+# to the timed cluster, for experiments; the report then is not "at
+# default settings").  Needs nginx, wrk and the installed outbox
 # extension (make install).  Run as root: the cluster runs as "postgres".
 set -euo pipefail
 
@@ -188,7 +190,7 @@ worker_pid() {
     psql_pg -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'outbox worker'"
 }
 
-start_cluster "" ""
+start_cluster "${EXTRA_CONF:-}" ""
 save_messages "$MESSAGES"
 requests_before=$(nginx_requests)
 wpid=$(worker_pid)

@@ -39,12 +39,10 @@ CREATE TABLE outbox.messages (
 
 COMMENT ON TABLE outbox.messages IS 'Messages saved by outbox.save() or INSERT, published by the outbox worker';
 
--- Claims scan pending messages in id order.
+-- Claims scan pending messages in id order (under per-key ordering too: the
+-- scan from the oldest pending message tells each key's oldest one).
 CREATE INDEX messages_pending_idx ON outbox.messages (id)
 	WHERE status = 'pending';
--- Per-key ordering looks up the oldest unfinished message of a key.
-CREATE INDEX messages_key_idx ON outbox.messages (key, id)
-	WHERE status IN ('pending', 'processing') AND key <> '';
 -- Recovery finds claims that timed out.
 CREATE INDEX messages_processing_idx ON outbox.messages (claimed_at)
 	WHERE status = 'processing';

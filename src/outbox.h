@@ -63,6 +63,15 @@ typedef struct OutboxWorkerSlot
 	bool		start_requested;	/* a backend asked for a worker now */
 	bool		extension_missing;	/* reported once, until installed */
 	TimestampTz paused_until;	/* launcher waits until then (DROP DATABASE) */
+
+	/*
+	 * The batch the worker is publishing, when its publisher is not
+	 * transactional: its messages stay pending in the table, unlocked, and
+	 * only this range (of ids in database dboid) says they are taken.
+	 */
+	bool		inflight;
+	pg_uuid_t	inflight_first;
+	pg_uuid_t	inflight_last;
 } OutboxWorkerSlot;
 
 /* The extension's shared memory. */
@@ -103,7 +112,6 @@ extern void outbox_store_claim(int max_messages, bool ordered_by_key,
 extern int	outbox_store_mark_processed(const pg_uuid_t *ids, int nids);
 extern const char *outbox_store_mark_failed(const pg_uuid_t *id, const char *error,
 											bool permanent, TimestampTz retry_at);
-extern void outbox_store_release(const pg_uuid_t *ids, int nids);
 extern int	outbox_store_recover_stuck(void);
 extern int	outbox_store_purge_processed(int max_rows);
 extern TimestampTz outbox_store_next_due(void);

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * store.c
- *		The store: claim due messages, mark them processed or failed, release,
+ *		The store: claim due messages, mark them processed or failed,
  *		recover stuck claims and purge old rows.
  *
  * The relay worker and the SQL store API (outbox.fetch_pending and
@@ -13,11 +13,22 @@
  *	1. lock up to N due pending messages in id order with FOR UPDATE SKIP
  *	   LOCKED; under per-key ordering only those whose key's oldest
  *	   unfinished message is itself pending and due;
- *	2. under per-key ordering, keep of each key only the run of candidates
+ *	2. drop those a relay worker is publishing (see below);
+ *	3. under per-key ordering, keep of each key only the run of candidates
  *	   that are exactly the key's oldest unfinished messages, so a message
- *	   skipped because someone else locked it, or one still in backoff,
- *	   holds back every later message of its key;
- *	3. optionally set the kept ones to processing.
+ *	   skipped because someone else locked it or a worker is publishing it,
+ *	   or one still in backoff, holds back every later message of its key;
+ *	4. for outbox.fetch_pending, set the kept ones to processing.
+ *
+ * Two ways to hold a claimed message while it is published, without a
+ * transaction open across network I/O:
+ *	- an external relay's claim is stored: status processing, claimed_at,
+ *	  claimed_by, and a timed-out or orphaned claim is recovered;
+ *	- the relay worker writes nothing: it records the id range of its batch
+ *	  in its shared-memory slot before the claim commits, and clears it
+ *	  once the batch is marked.  Its messages stay pending in the table, so
+ *	  a worker that dies leaves nothing to recover, and a message costs one
+ *	  row update (the mark) instead of two.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -27,6 +38,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -35,8 +47,10 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "outbox.h"
@@ -47,58 +61,48 @@ PG_FUNCTION_INFO_V1(outbox_mark_failed);
 PG_FUNCTION_INFO_V1(outbox_retry_failed);
 
 /*
- * Step 1 of a claim; $1 = limit, $2 = now, $3 = continue after this id,
- * $4 = keys already decided in an earlier round.  %s is the per-key guard.
+ * A claim under outbox.ordering = 'none': up to $1 due pending messages in
+ * id order, locked.  $2 = now.
  */
-#define CLAIM_CANDIDATES_SQL \
-	"SELECT m.* %s FROM outbox.messages m %s " \
+#define CLAIM_NONE_SQL \
+	"SELECT m.* FROM outbox.messages m " \
 	"WHERE m.status = 'pending' AND m.next_attempt_at <= $2 " \
-	"AND m.id > $3 AND m.key <> ALL ($4) %s " \
 	"ORDER BY m.id LIMIT $1 FOR UPDATE OF m SKIP LOCKED"
 
 /*
- * A key's oldest unfinished messages are looked up with the key compared as
- * a range, "key >= k AND key <= k", not as "key = k".  With the equality
- * the key is a constant to the planner, so "ORDER BY key, id" is just
- * "ORDER BY id", which walking the primary key also gives: on statistics
- * that still say "all pending" the planner may pick that, and filter out
- * every processed message older than the head, a claim then costing as
- * much as the table is large.  With the range, only the key index gives
- * the (key, id) order, and the range bounds its scan to the one key.
+ * Under per-key ordering a claim first reads, without locking, the next $1
+ * pending messages in id order, due or not, after id $3 and of none of the
+ * keys $4 already held back; $2 = now.  Read from the very first pending
+ * message and all on one snapshot, they tell which messages are their
+ * key's oldest unfinished ones, with no lookup per key.
  */
-#define KEY_IS(col, key) col " >= " key " AND " col " <= " key
+#define CLAIM_SCAN_SQL \
+	"SELECT m.ctid, m.id, m.key, m.next_attempt_at <= $2 AS due FROM outbox.messages m " \
+	"WHERE m.status = 'pending' AND m.id > $3 AND m.key <> ALL ($4) " \
+	"ORDER BY m.id LIMIT $1"
+
+/* Keys held back by an external relay's claim. */
+#define CLAIM_PROCESSING_KEYS_SQL \
+	"SELECT DISTINCT m.key FROM outbox.messages m " \
+	"WHERE m.status = 'processing' AND m.key <> ''"
 
 /*
- * The per-key guard of step 1: the key's oldest unfinished message (its
- * head) must be pending and due; its id comes along, so that a key with a
- * single candidate needs no further check.
+ * Then it locks the messages it chose, by row address ($1): a row that is
+ * locked by someone else, or that changed since it was read, is left out,
+ * and holds back the later messages of its key.  $2 = now.
  */
-#define CLAIM_KEY_HEAD_COLUMN ", head.id AS head_id"
-#define CLAIM_KEY_HEAD_JOIN \
-	"LEFT JOIN LATERAL (SELECT h.id, h.status, h.next_attempt_at FROM outbox.messages h " \
-	"                   WHERE " KEY_IS("h.key", "m.key") " AND h.key <> '' " \
-	"                     AND h.status IN ('pending', 'processing') " \
-	"                   ORDER BY h.key, h.id LIMIT 1) head ON m.key <> ''"
-#define CLAIM_KEY_GUARD \
-	"AND (m.key = '' OR (head.status = 'pending' AND head.next_attempt_at <= $2))"
+#define CLAIM_LOCK_SQL \
+	"SELECT m.* FROM outbox.messages m " \
+	"WHERE m.ctid = ANY ($1) AND m.status = 'pending' AND m.next_attempt_at <= $2 " \
+	"ORDER BY m.id FOR UPDATE OF m SKIP LOCKED"
 
 /*
- * Most rounds of step 1 per claim.  A round is repeated only when keys held
- * back by a locked message filled it, each time without the keys seen.
+ * Most scans per keyed claim, and the most rows one scan reads.  A scan is
+ * repeated, reading twice as many rows, only when held-back messages filled
+ * it; the keys held back are left out of the next.
  */
 #define CLAIM_MAX_ROUNDS 8
-
-/*
- * Step 2: the oldest $2[i] unfinished messages of key $1[i], looked up as a
- * key's head is.
- */
-#define CLAIM_KEY_HEADS_SQL \
-	"SELECT k.ord, h.id FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS k(key, n, ord), " \
-	"LATERAL (SELECT h.id FROM outbox.messages h " \
-	"         WHERE " KEY_IS("h.key", "k.key") " AND h.key <> '' " \
-	"           AND h.status IN ('pending', 'processing') " \
-	"         ORDER BY h.key, h.id LIMIT k.n) h " \
-	"ORDER BY k.ord, h.id"
+#define CLAIM_MAX_SCAN_ROWS 10000
 
 /* Step 3; $1 = ids, $2 = now, $3 = claimer's pid. */
 #define CLAIM_MARK_SQL \
@@ -125,10 +129,6 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 	"                                 * (0.5 + random() * 0.5) * interval '1 millisecond'), " \
 	"claimed_at = NULL, claimed_by = NULL " \
 	"WHERE id = $1 AND status IN ('pending', 'processing') RETURNING status::text"
-
-#define RELEASE_SQL \
-	"UPDATE outbox.messages SET status = 'pending', claimed_at = NULL, claimed_by = NULL " \
-	"WHERE id = ANY($1) AND status = 'processing'"
 
 /*
  * Claims older than the timeout, or whose claimer is gone, go back to
@@ -167,13 +167,13 @@ typedef struct StorePlan
 	SPIPlanPtr	plan;
 } StorePlan;
 
-static StorePlan claim_key_plan;
 static StorePlan claim_none_plan;
-static StorePlan key_heads_plan;
+static StorePlan claim_scan_plan;
+static StorePlan claim_processing_keys_plan;
+static StorePlan claim_lock_plan;
 static StorePlan claim_mark_plan;
 static StorePlan mark_processed_plan;
 static StorePlan mark_failed_plan;
-static StorePlan release_plan;
 static StorePlan recover_plan;
 static StorePlan purge_plan;
 static StorePlan next_due_plan;
@@ -323,156 +323,146 @@ collect_messages(SPITupleTable *tuptable, uint64 nrows, MemoryContext context,
 	MemoryContextSwitchTo(old);
 }
 
-/* Sort context for keyed_order: the batch whose messages are sorted. */
-static int
-compare_by_key_then_id(const void *a, const void *b, void *arg)
+/* The id ranges of the relay workers' batches in flight in this database. */
+typedef struct InflightRanges
 {
-	OutboxMessage *messages = (OutboxMessage *) arg;
-	const OutboxMessage *ma = &messages[*(const int *) a];
-	const OutboxMessage *mb = &messages[*(const int *) b];
-	int			cmp = strcmp(ma->key, mb->key);
-
-	if (cmp != 0)
-		return cmp;
-	return memcmp(ma->id.data, mb->id.data, UUID_LEN);
-}
+	int			nranges;
+	pg_uuid_t	first[OUTBOX_MAX_DATABASES];
+	pg_uuid_t	last[OUTBOX_MAX_DATABASES];
+} InflightRanges;
 
 /*
- * Whether a candidate is its key's oldest unfinished message, as the
- * head_id column of the candidate query says.
- */
-static bool
-candidate_is_head(HeapTuple tuple, TupleDesc tupdesc, const OutboxMessage *m)
-{
-	bool		isnull;
-	Datum		head = row_value(tuple, tupdesc, "head_id", &isnull);
-
-	return !isnull && memcmp(DatumGetUUIDP(head)->data, m->id.data, UUID_LEN) == 0;
-}
-
-/*
- * Under per-key ordering, drop from the candidates batch->messages[first..]
- * every message that is not among its key's oldest unfinished messages in
- * an unbroken run, so a locked, delayed or in-flight earlier message holds
- * back the later ones.  A key with one candidate needs only the head_id
- * the candidate query returned; keys with several are checked against
- * their oldest unfinished messages in one more query.  Candidates are in
- * id order and stay so; the kept ones are compacted in place.  Each key
- * met is added to *seen_keys.
+ * Read the in-flight ranges.  This must happen after the rows they are
+ * checked against are locked: a worker records its batch before its claim
+ * commits and lets go of the row locks, so a row this transaction could
+ * lock is either not in flight or recorded as such by now.
  */
 static void
-keep_key_runs(OutboxBatch *batch, int first, List **seen_keys)
+load_inflight_ranges(InflightRanges *ranges)
 {
-	OutboxMessage *messages = batch->messages + first;
-	HeapTuple  *tuples = batch->tuples + first;
-	int			n = batch->nmessages - first;
-	int		   *order = palloc(sizeof(int) * n);
-	int			nkeyed = 0;
-	Datum	   *run_keys = palloc(sizeof(Datum) * n);
-	Datum	   *run_counts = palloc(sizeof(Datum) * n);
-	int		   *run_starts = palloc(sizeof(int) * n);
-	int			nruns = 0;
-	bool	   *keep = palloc0(sizeof(bool) * n);
 	int			i;
-	int			kept = 0;
 
-	/* Keyless messages need no guard; sort the others by key, then id. */
-	for (i = 0; i < n; i++)
+	ranges->nranges = 0;
+	/* Without the library preloaded there is no worker. */
+	if (OutboxShared == NULL)
+		return;
+	SpinLockAcquire(&OutboxShared->mutex);
+	for (i = 0; i < OutboxShared->nslots; i++)
 	{
-		if (messages[i].key[0] == '\0')
-			keep[i] = true;
-		else
-			order[nkeyed++] = i;
-	}
-	qsort_arg(order, nkeyed, sizeof(int), compare_by_key_then_id, messages);
+		OutboxWorkerSlot *slot = &OutboxShared->slots[i];
 
-	/* Group by key: single candidates are settled here, runs queued. */
-	for (i = 0; i < nkeyed;)
-	{
-		const char *key = messages[order[i]].key;
-		int			count = 1;
-
-		while (i + count < nkeyed && strcmp(messages[order[i + count]].key, key) == 0)
-			count++;
-		*seen_keys = lappend(*seen_keys, DatumGetPointer(CStringGetTextDatum(key)));
-		if (count == 1)
-			keep[order[i]] = candidate_is_head(tuples[order[i]], batch->tupdesc,
-											   &messages[order[i]]);
-		else
+		if (slot->inflight && slot->dboid == MyDatabaseId)
 		{
-			run_keys[nruns] = CStringGetTextDatum(key);
-			run_counts[nruns] = Int32GetDatum(count);
-			run_starts[nruns] = i;
-			nruns++;
-		}
-		i += count;
-	}
-
-	if (nruns > 0)
-	{
-		Oid			argtypes[2] = {TEXTARRAYOID, INT4ARRAYOID};
-		Datum		args[2];
-		int			ret;
-		SPITupleTable *heads;
-		uint64		nheads;
-		uint64		h = 0;
-		int			r;
-
-		args[0] = PointerGetDatum(construct_array(run_keys, nruns, TEXTOID, -1, false, TYPALIGN_INT));
-		args[1] = PointerGetDatum(construct_array(run_counts, nruns, INT4OID, 4, true, TYPALIGN_INT));
-		ret = SPI_execute_plan(store_plan(&key_heads_plan, CLAIM_KEY_HEADS_SQL, 2, argtypes),
-							   args, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not read outbox key heads: %s", SPI_result_code_string(ret));
-		heads = SPI_tuptable;
-		nheads = SPI_processed;
-
-		/*
-		 * Heads come ordered by run position, then id; each run's
-		 * candidates are in id order too.  Keep each run's common prefix.
-		 */
-		for (r = 0; r < nruns; r++)
-		{
-			bool		matching = true;
-			int			c;
-
-			for (c = run_starts[r]; c < run_starts[r] + DatumGetInt32(run_counts[r]); c++)
-			{
-				bool		isnull;
-				OutboxMessage *m = &messages[order[c]];
-
-				if (matching && h < nheads &&
-					DatumGetInt64(SPI_getbinval(heads->vals[h], heads->tupdesc, 1, &isnull)) == r + 1 &&
-					memcmp(DatumGetUUIDP(SPI_getbinval(heads->vals[h], heads->tupdesc, 2, &isnull))->data,
-						   m->id.data, UUID_LEN) == 0)
-				{
-					keep[order[c]] = true;
-					h++;
-				}
-				else
-					matching = false;
-			}
-			/* Skip this run's remaining heads. */
-			while (h < nheads)
-			{
-				bool		isnull;
-
-				if (DatumGetInt64(SPI_getbinval(heads->vals[h], heads->tupdesc, 1, &isnull)) != r + 1)
-					break;
-				h++;
-			}
+			ranges->first[ranges->nranges] = slot->inflight_first;
+			ranges->last[ranges->nranges] = slot->inflight_last;
+			ranges->nranges++;
 		}
 	}
+	SpinLockRelease(&OutboxShared->mutex);
+}
 
-	for (i = 0; i < n; i++)
+/* Whether a relay worker is publishing the message with this id. */
+static bool
+is_inflight(const InflightRanges *ranges, const pg_uuid_t *id)
+{
+	int			r;
+
+	for (r = 0; r < ranges->nranges; r++)
 	{
-		if (!keep[i])
+		if (memcmp(id->data, ranges->first[r].data, UUID_LEN) >= 0 &&
+			memcmp(id->data, ranges->last[r].data, UUID_LEN) <= 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Keep of batch->messages[first..] the messages no relay worker is
+ * publishing, in id order, compacted in place.
+ */
+static void
+drop_inflight(OutboxBatch *batch, int first)
+{
+	InflightRanges ranges;
+	int			kept = first;
+	int			i;
+
+	load_inflight_ranges(&ranges);
+	if (ranges.nranges == 0)
+		return;
+	for (i = first; i < batch->nmessages; i++)
+	{
+		if (is_inflight(&ranges, &batch->messages[i].id))
 			continue;
-		messages[kept] = messages[i];
-		tuples[kept] = tuples[i];
+		batch->messages[kept] = batch->messages[i];
+		batch->tuples[kept] = batch->tuples[i];
 		kept++;
 	}
-	batch->nmessages = first + kept;
+	batch->nmessages = kept;
+}
+
+/*
+ * A keyed claim's state of one key: whether a message of the key was met
+ * that can not be claimed (not due, locked by someone else, changed, in
+ * flight, or claimed by an external relay), which holds back every later
+ * message of the key.
+ */
+typedef struct KeyState
+{
+	const char *key;			/* hash key; the string lives in the claim */
+	bool		held_back;
+	bool		lock_missed;	/* a message chosen to be locked was not kept */
+} KeyState;
+
+/* Hash a KeyState's key: the string it points to. */
+static uint32
+key_state_hash(const void *key, Size keysize)
+{
+	const char *k = *(const char *const *) key;
+
+	return hash_bytes((const unsigned char *) k, (int) strlen(k));
+}
+
+/* Compare two KeyState keys as strings. */
+static int
+key_state_match(const void *key1, const void *key2, Size keysize)
+{
+	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
+}
+
+/* A keyed claim in progress. */
+typedef struct KeyedClaim
+{
+	HTAB	   *keys;			/* KeyState by key */
+	List	   *held_back;		/* text datums of the keys held back */
+	Snapshot	snapshot;		/* every scan of the claim reads this */
+} KeyedClaim;
+
+/* The state of a key, created open when new. */
+static KeyState *
+key_state(KeyedClaim *claim, const char *key)
+{
+	bool		found;
+	KeyState   *state = hash_search(claim->keys, &key, HASH_ENTER, &found);
+
+	if (!found)
+	{
+		state->key = key;
+		state->held_back = false;
+		state->lock_missed = false;
+	}
+	return state;
+}
+
+/* Hold back every later message of a key. */
+static void
+hold_back(KeyedClaim *claim, KeyState *state)
+{
+	if (state->held_back)
+		return;
+	state->held_back = true;
+	claim->held_back = lappend(claim->held_back,
+							   DatumGetPointer(CStringGetTextDatum(state->key)));
 }
 
 /* Build a text[] of the keys in a list of text datums. */
@@ -488,13 +478,211 @@ key_array(List *keys)
 	return construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT);
 }
 
+/* Hold back the keys of the messages external relays have claimed. */
+static void
+hold_back_processing_keys(KeyedClaim *claim)
+{
+	int			ret;
+	uint64		i;
+
+	ret = SPI_execute_snapshot(store_plan(&claim_processing_keys_plan,
+										  CLAIM_PROCESSING_KEYS_SQL, 0, NULL),
+							   NULL, NULL, claim->snapshot, InvalidSnapshot,
+							   true, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read outbox claims: %s", SPI_result_code_string(ret));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		char	   *key = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+		hold_back(claim, key_state(claim, key));
+	}
+}
+
+/* One message read by a keyed claim's scan. */
+typedef struct ScannedMessage
+{
+	ItemPointerData ctid;
+	pg_uuid_t	id;
+	char	   *key;
+	bool		due;
+	bool		chosen;			/* to be locked */
+} ScannedMessage;
+
+/*
+ * Claim under per-key ordering, appending to batch: scan the pending
+ * messages in id order, choose the due ones whose key nothing holds back,
+ * lock them, and keep those locked, in no relay worker's batch in flight,
+ * and still an unbroken run of their key's oldest unfinished messages.
+ */
+static void
+claim_keyed(int max_messages, TimestampTz now, MemoryContext caller,
+			OutboxBatch *batch)
+{
+	KeyedClaim	claim;
+	HASHCTL		ctl;
+	pg_uuid_t	after;
+	int			limit = max_messages;
+	int			round;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(char *);
+	ctl.entrysize = sizeof(KeyState);
+	ctl.hash = key_state_hash;
+	ctl.match = key_state_match;
+	ctl.hcxt = CurrentMemoryContext;
+	claim.keys = hash_create("outbox claim keys", 256, &ctl,
+							 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	claim.held_back = NIL;
+	claim.snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	memset(&after, 0, sizeof(after));
+
+	hold_back_processing_keys(&claim);
+
+	for (round = 0; round < CLAIM_MAX_ROUNDS && batch->nmessages < max_messages; round++)
+	{
+		Oid			scan_types[4] = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID};
+		Oid			lock_types[2] = {TIDARRAYOID, TIMESTAMPTZOID};
+		Datum		args[4];
+		int			ret;
+		int			nscanned;
+		ScannedMessage *scanned;
+		Datum	   *chosen_ctids;
+		int			nchosen = 0;
+		InflightRanges inflight;
+		SPITupleTable *locked;
+		uint64		nlocked;
+		uint64		next_locked = 0;
+		int			first = batch->nmessages;
+		int			kept = first;
+		int			i;
+
+		/* Read the next pending messages, due or not. */
+		args[0] = Int32GetDatum(limit);
+		args[1] = TimestampTzGetDatum(now);
+		args[2] = UUIDPGetDatum(&after);
+		args[3] = PointerGetDatum(key_array(claim.held_back));
+		ret = SPI_execute_snapshot(store_plan(&claim_scan_plan, CLAIM_SCAN_SQL, 4, scan_types),
+								   args, NULL, claim.snapshot, InvalidSnapshot,
+								   true, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
+		nscanned = (int) SPI_processed;
+		if (nscanned == 0)
+			break;
+		scanned = palloc(sizeof(ScannedMessage) * nscanned);
+		chosen_ctids = palloc(sizeof(Datum) * nscanned);
+		for (i = 0; i < nscanned; i++)
+		{
+			HeapTuple	tuple = SPI_tuptable->vals[i];
+			TupleDesc	tupdesc = SPI_tuptable->tupdesc;
+			ScannedMessage *m = &scanned[i];
+			bool		isnull;
+
+			ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tuple, tupdesc, 1, &isnull)), &m->ctid);
+			memcpy(&m->id, DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, 2, &isnull)), sizeof(pg_uuid_t));
+			m->key = TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 3, &isnull));
+			m->due = DatumGetBool(SPI_getbinval(tuple, tupdesc, 4, &isnull));
+			if (m->due)
+				batch->ncandidates++;
+
+			/*
+			 * Choose it when due and its key is not held back; a message not
+			 * due holds back its key.
+			 */
+			m->chosen = false;
+			if (m->key[0] == '\0')
+				m->chosen = m->due;
+			else
+			{
+				KeyState   *state = key_state(&claim, m->key);
+
+				if (!m->due)
+					hold_back(&claim, state);
+				else if (!state->held_back)
+					m->chosen = true;
+			}
+			if (m->chosen)
+				chosen_ctids[nchosen++] = PointerGetDatum(&m->ctid);
+		}
+		after = scanned[nscanned - 1].id;
+		SPI_freetuptable(SPI_tuptable);
+
+		/* Lock the chosen ones; whoever holds a lock keeps its row. */
+		if (nchosen == 0)
+			goto next_round;
+		args[0] = PointerGetDatum(construct_array(chosen_ctids, nchosen, TIDOID,
+												  sizeof(ItemPointerData), false,
+												  TYPALIGN_SHORT));
+		args[1] = TimestampTzGetDatum(now);
+		ret = SPI_execute_plan(store_plan(&claim_lock_plan, CLAIM_LOCK_SQL, 2, lock_types),
+							   args, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
+		locked = SPI_tuptable;
+		nlocked = SPI_processed;
+		collect_messages(locked, nlocked, caller, batch);
+		load_inflight_ranges(&inflight);
+
+		/*
+		 * Walk the chosen messages again, in id order, beside the locked
+		 * rows (also in id order): keep one that was locked and is in no
+		 * batch in flight, unless an earlier chosen message of its key was
+		 * not kept; one not kept holds back its key.  (A message not due
+		 * held back its key already, but only for the messages after it.)
+		 */
+		for (i = 0; i < nscanned; i++)
+		{
+			ScannedMessage *m = &scanned[i];
+			OutboxMessage *lm = NULL;
+			bool		claimable;
+
+			if (!m->chosen)
+				continue;
+			if (next_locked < nlocked &&
+				memcmp(batch->messages[first + next_locked].id.data, m->id.data, UUID_LEN) == 0)
+				lm = &batch->messages[first + next_locked++];
+			claimable = lm != NULL && !is_inflight(&inflight, &m->id) &&
+				kept < max_messages;
+			if (m->key[0] != '\0')
+			{
+				KeyState   *state = key_state(&claim, m->key);
+
+				if (state->lock_missed)
+					claimable = false;
+				else if (!claimable)
+				{
+					state->lock_missed = true;
+					hold_back(&claim, state);
+				}
+			}
+			if (claimable)
+			{
+				batch->messages[kept] = *lm;
+				batch->tuples[kept] = batch->tuples[lm - batch->messages];
+				kept++;
+			}
+		}
+		batch->nmessages = kept;
+
+next_round:
+		/* Go on only when held-back messages filled this scan. */
+		if (nscanned < limit)
+			break;
+		limit = Min(limit * 2, CLAIM_MAX_SCAN_ROWS);
+	}
+	UnregisterSnapshot(claim.snapshot);
+}
+
 /*
  * Claim up to max_messages due messages in id order, within the current
  * transaction, into batch (allocated in the caller's memory context).
- * With set_processing, the claimed rows become processing, owned by this
- * backend, and batch->tuples hold them as updated; without it they stay
- * pending but locked until the transaction ends, for transactional
- * publishers that mark them before committing.
+ * Messages in a relay worker's in-flight batch are never claimed.  With
+ * set_processing (outbox.fetch_pending), the claimed rows become
+ * processing, owned by this backend, and batch->tuples hold them as
+ * updated; without it (the relay worker) they stay pending but locked
+ * until the transaction ends: a transactional publisher marks them before
+ * committing, and otherwise the worker records them in flight.
  */
 void
 outbox_store_claim(int max_messages, bool ordered_by_key, bool set_processing,
@@ -502,54 +690,27 @@ outbox_store_claim(int max_messages, bool ordered_by_key, bool set_processing,
 {
 	MemoryContext caller = CurrentMemoryContext;
 	TimestampTz now = GetCurrentTimestamp();
-	Oid			argtypes[4] = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID};
-	Datum		args[4];
+	Datum		args[3];
 	int			ret;
-	StorePlan  *cache = ordered_by_key ? &claim_key_plan : &claim_none_plan;
-	SPIPlanPtr	plan;
-	pg_uuid_t	after;
-	List	   *seen_keys = NIL;
-	int			round;
-	int			ncandidates = 0;
 
 	init_batch(batch, caller);
-	memset(&after, 0, sizeof(after));
 	store_connect();
 	if (ordered_by_key)
-		plan = store_plan(cache, psprintf(CLAIM_CANDIDATES_SQL, CLAIM_KEY_HEAD_COLUMN,
-										  CLAIM_KEY_HEAD_JOIN, CLAIM_KEY_GUARD),
-						  4, argtypes);
+		claim_keyed(max_messages, now, caller, batch);
 	else
-		plan = store_plan(cache, psprintf(CLAIM_CANDIDATES_SQL, "", "", ""),
-						  4, argtypes);
-
-	for (round = 0; round < CLAIM_MAX_ROUNDS; round++)
 	{
-		int			first = batch->nmessages;
-		int			wanted = max_messages - first;
-		int			found;
+		Oid			argtypes[2] = {INT4OID, TIMESTAMPTZOID};
 
-		args[0] = Int32GetDatum(wanted);
+		args[0] = Int32GetDatum(max_messages);
 		args[1] = TimestampTzGetDatum(now);
-		args[2] = UUIDPGetDatum(&after);
-		args[3] = PointerGetDatum(key_array(seen_keys));
-		ret = SPI_execute_plan(plan, args, NULL, false, 0);
+		ret = SPI_execute_plan(store_plan(&claim_none_plan, CLAIM_NONE_SQL, 2, argtypes),
+							   args, NULL, false, 0);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
-		found = (int) SPI_processed;
+		batch->ncandidates = (int) SPI_processed;
 		collect_messages(SPI_tuptable, SPI_processed, caller, batch);
-		ncandidates += found;
-
-		if (!ordered_by_key || found == 0)
-			break;
-		after = batch->messages[batch->nmessages - 1].id;
-		keep_key_runs(batch, first, &seen_keys);
-
-		/* Go on only when held-back messages filled this round. */
-		if (found < wanted || batch->nmessages == max_messages)
-			break;
+		drop_inflight(batch, 0);
 	}
-	batch->ncandidates = ncandidates;
 
 	if (set_processing && batch->nmessages > 0)
 	{
@@ -642,25 +803,6 @@ outbox_store_mark_failed(const pg_uuid_t *id, const char *error, bool permanent,
 	}
 	store_finish();
 	return status;
-}
-
-/* Return claimed messages to pending without counting an attempt. */
-void
-outbox_store_release(const pg_uuid_t *ids, int nids)
-{
-	Oid			argtypes[1] = {UUIDARRAYOID};
-	Datum		args[1];
-	int			ret;
-
-	if (nids == 0)
-		return;
-	store_connect();
-	args[0] = PointerGetDatum(uuid_array(ids, nids));
-	ret = SPI_execute_plan(store_plan(&release_plan, RELEASE_SQL, 1, argtypes),
-						   args, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "could not release outbox messages: %s", SPI_result_code_string(ret));
-	store_finish();
 }
 
 /*

@@ -8,7 +8,12 @@
  *	- claim a batch in a short transaction (FOR UPDATE SKIP LOCKED);
  *	- publish it with no transaction open, or, for a transactional
  *	  publisher such as NOTIFY, inside the claiming transaction;
- *	- mark each message processed or failed in a short transaction;
+ *	- mark each message processed or failed in a short transaction.
+ *	  Meanwhile the batch's messages stay pending in the table: the worker
+ *	  records the batch as in flight in its shared-memory slot before the
+ *	  claim commits, which keeps outbox.fetch_pending off them, and clears
+ *	  it once they are marked.  Nothing is written to claim them, and a
+ *	  worker that dies leaves nothing behind to recover;
  *	- go again at once while batches come back full, else sleep on the
  *	  latch until a commit wakes it, a retry falls due, or
  *	  outbox.poll_interval passes.
@@ -84,8 +89,32 @@ static bool publisher_reload_pending = false;
 /* Memory for one batch, reset before each. */
 static MemoryContext batch_context = NULL;
 
-/* Messages of the batch in flight that are marked processing. */
-static OutboxBatch *claimed_batch = NULL;
+/*
+ * Record the batch about to be published as in flight in this worker's
+ * slot.  Called before the claiming transaction commits, so that whoever
+ * locks one of these rows after the commit finds it recorded.
+ */
+static void
+set_inflight(const OutboxBatch *batch)
+{
+	SpinLockAcquire(&OutboxShared->mutex);
+	my_slot->inflight = true;
+	my_slot->inflight_first = batch->messages[0].id;
+	my_slot->inflight_last = batch->messages[batch->nmessages - 1].id;
+	SpinLockRelease(&OutboxShared->mutex);
+}
+
+/*
+ * The batch in flight is marked, or given up after an error: its messages
+ * may be claimed again.
+ */
+static void
+clear_inflight(void)
+{
+	SpinLockAcquire(&OutboxShared->mutex);
+	my_slot->inflight = false;
+	SpinLockRelease(&OutboxShared->mutex);
+}
 
 /* Clear this worker's slot when it exits, however it exits. */
 static void
@@ -96,6 +125,7 @@ detach_slot(int code, Datum arg)
 	{
 		my_slot->pid = 0;
 		my_slot->latch = NULL;
+		my_slot->inflight = false;
 	}
 	SpinLockRelease(&OutboxShared->mutex);
 	outbox_wake_launcher();
@@ -313,9 +343,7 @@ static void
 record_results(OutboxBatch *batch, OutboxPublishResult *results)
 {
 	pg_uuid_t  *ok = palloc(sizeof(pg_uuid_t) * Max(batch->nmessages, 1));
-	pg_uuid_t  *skipped = palloc(sizeof(pg_uuid_t) * Max(batch->nmessages, 1));
 	int			nok = 0;
-	int			nskipped = 0;
 	int			i;
 
 	for (i = 0; i < batch->nmessages; i++)
@@ -328,7 +356,7 @@ record_results(OutboxBatch *batch, OutboxPublishResult *results)
 				ok[nok++] = m->id;
 				break;
 			case OUTBOX_PUBLISH_SKIPPED:
-				skipped[nskipped++] = m->id;
+				/* Still pending: the next claim finds it again. */
 				break;
 			case OUTBOX_PUBLISH_RETRY:
 			case OUTBOX_PUBLISH_REJECT:
@@ -340,7 +368,6 @@ record_results(OutboxBatch *batch, OutboxPublishResult *results)
 		}
 	}
 	outbox_store_mark_processed(ok, nok);
-	outbox_store_release(skipped, nskipped);
 }
 
 /* Start a transaction with a snapshot, for store calls. */
@@ -383,16 +410,17 @@ relay_batch(TimestampTz *next_due)
 	/* The batch must outlive the claiming transaction. */
 	MemoryContextSwitchTo(batch_context);
 	outbox_store_claim(outbox_batch_size, outbox_ordering == OUTBOX_ORDERING_KEY,
-					   !publisher->in_transaction, batch);
+					   false, batch);
 	full = batch->ncandidates >= outbox_batch_size && batch->nmessages > 0;
 	if (batch->ncandidates == 0)
 		*next_due = outbox_store_next_due();
 
 	if (!publisher->in_transaction)
 	{
+		if (batch->nmessages > 0)
+			set_inflight(batch);
 		end_store_transaction();
 		MemoryContextSwitchTo(batch_context);
-		claimed_batch = batch;
 	}
 
 	if (batch->nmessages > 0)
@@ -422,7 +450,7 @@ relay_batch(TimestampTz *next_due)
 	}
 	else if (publisher->in_transaction)
 		end_store_transaction();
-	claimed_batch = NULL;
+	clear_inflight();
 	careful_next_batch = false;
 	MemoryContextSwitchTo(old);
 	return full;
@@ -495,8 +523,9 @@ exit_if_extension_missing(void)
 }
 
 /*
- * After an unexpected error: clean up the transaction, give claimed
- * messages back, and publish the next batch carefully.
+ * After an unexpected error: clean up the transaction, give the batch in
+ * flight back (its messages are still pending: a claim wrote nothing), and
+ * publish the next batch carefully.
  */
 static void
 recover_from_error(MemoryContext worker_context)
@@ -506,31 +535,7 @@ recover_from_error(MemoryContext worker_context)
 	FlushErrorState();
 	AbortCurrentTransaction();
 	pgstat_report_activity(STATE_IDLE, NULL);
-
-	if (claimed_batch && claimed_batch->nmessages > 0)
-	{
-		pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * claimed_batch->nmessages);
-		int			i;
-
-		for (i = 0; i < claimed_batch->nmessages; i++)
-			ids[i] = claimed_batch->messages[i].id;
-		/* If this fails too, the stuck-claim recovery returns them. */
-		PG_TRY();
-		{
-			begin_store_transaction("releasing outbox messages");
-			outbox_store_release(ids, claimed_batch->nmessages);
-			end_store_transaction();
-		}
-		PG_CATCH();
-		{
-			MemoryContextSwitchTo(worker_context);
-			EmitErrorReport();
-			FlushErrorState();
-			AbortCurrentTransaction();
-		}
-		PG_END_TRY();
-	}
-	claimed_batch = NULL;
+	clear_inflight();
 	careful_next_batch = true;
 	exit_if_extension_missing();
 }

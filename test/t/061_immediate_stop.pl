@@ -42,6 +42,13 @@ my $checker = OutboxChecker->new($node, topic => 'chk', nkeys => 16);
 $checker->install;
 my $listener = $checker->listener;
 
+# Messages processed so far.
+sub processed
+{
+	return OutboxTest::query_value($node, 'postgres',
+		"SELECT count(*) FROM outbox.messages WHERE status = 'processed'") // 0;
+}
+
 my $t_start = time();
 my ($mid_drain, $restarted) = (0, 0);
 my @pending_at_stop;
@@ -50,8 +57,21 @@ for my $i (1 .. $cycles)
 {
 	$checker->start_savers(clients => 4, rate => 150)
 	  or die("cycle $i: savers did not start");
-	$checker->save_burst(1000 + int(rand(2000)));
-	usleep(int(rand(300_000)));
+	# A random moment: in odd cycles once the worker has published a random
+	# part of the burst (a drain can be faster than any fixed delay), in
+	# even ones after a random delay (any state of the worker).
+	my $processed = processed();
+	my $burst = 4000 + int(rand(4000));
+	$checker->save_burst($burst);
+	if ($i % 2 == 0)
+	{
+		usleep(int(rand(300_000)));
+	}
+	else
+	{
+		my $target = $processed + 1 + int(rand($burst * 0.3));
+		OutboxTest::wait_until(30, sub { processed() >= $target });
+	}
 	my $pending = OutboxTest::query_value($node, 'postgres',
 		"SELECT count(*) FROM outbox.messages WHERE status <> 'processed'") // -1;
 	push @pending_at_stop, $pending;
