@@ -36,7 +36,10 @@
 
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
@@ -118,5 +121,45 @@ extern PGDLLEXPORT void OutboxRegisterPublisher(const OutboxPublisher *publisher
  */
 extern PGDLLEXPORT int OutboxPublisherWait(pgsocket sock, int socket_events,
 										   long timeout_ms);
+
+/*
+ * A problem that keeps a publisher from publishing (a setting missing, a
+ * server out of reach), logged once: OutboxPublisherReportProblem() logs a
+ * WARNING "outbox <publisher> publisher: <text>" with the detail "Messages
+ * stay pending until this is fixed." (and hint, when not NULL) the first
+ * time, and again only when the text changes; OutboxPublisherClearProblem()
+ * forgets it once it went away.  Keep one zeroed OutboxProblem per
+ * publisher; "reported" tells whether a problem is logged now.
+ */
+typedef struct OutboxProblem
+{
+	char	   *reported;		/* in TopMemoryContext; NULL when none */
+} OutboxProblem;
+
+extern PGDLLEXPORT void OutboxPublisherReportProblem(OutboxProblem *problem,
+													 const char *publisher,
+													 int sqlerrcode,
+													 const char *text,
+													 const char *hint);
+extern PGDLLEXPORT void OutboxPublisherClearProblem(OutboxProblem *problem);
+
+/*
+ * Block PostgreSQL's signals in the calling thread and save the old mask in
+ * *saved.  Call it before a client library may start a thread (a name
+ * resolver, I/O threads): threads inherit the mask, so the signal handlers
+ * keep running on the main thread.  Restore with
+ * pthread_sigmask(SIG_SETMASK, saved, NULL); signals that came meanwhile
+ * are delivered then.
+ */
+extern PGDLLEXPORT void OutboxPublisherBlockSignals(sigset_t *saved);
+
+/*
+ * Append len bytes of s to buf for an error text (last_error, the log):
+ * printable ASCII as is, multibyte characters as is when they are valid
+ * UTF-8 in a UTF-8 database, line breaks and tabs as spaces when flatten is
+ * true, anything else as \xNN.
+ */
+extern PGDLLEXPORT void OutboxPublisherAppendPrintable(StringInfo buf, const char *s,
+													   int len, bool flatten);
 
 #endif							/* OUTBOX_PUBLISHER_H */

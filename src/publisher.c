@@ -9,14 +9,23 @@
  * registry is a small process-local array: there are only ever a handful
  * of publishers.
  *
+ * It also holds the helpers outbox_publisher.h offers publishers: a
+ * problem logged once, signals blocked around a client library's threads,
+ * error texts made printable.
+ *
  * Copyright (c) 2026, the outbox developers
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <pthread.h>
+#include <signal.h>
+
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "utils/memutils.h"
 
 #include "outbox.h"
 
@@ -94,4 +103,98 @@ outbox_publisher_names(void)
 	for (i = 0; i < npublishers; i++)
 		appendStringInfo(&names, "%s%s", i > 0 ? ", " : "", publishers[i]->name);
 	return names.data;
+}
+
+/*
+ * Log a publisher's problem once, until its text changes.  Public API
+ * (outbox_publisher.h).
+ */
+void
+OutboxPublisherReportProblem(OutboxProblem *problem, const char *publisher,
+							 int sqlerrcode, const char *text, const char *hint)
+{
+	if (problem->reported && strcmp(problem->reported, text) == 0)
+		return;
+	if (problem->reported)
+		pfree(problem->reported);
+	problem->reported = MemoryContextStrdup(TopMemoryContext, text);
+	ereport(WARNING,
+			(errcode(sqlerrcode),
+			 errmsg("outbox %s publisher: %s", publisher, text),
+			 errdetail("Messages stay pending until this is fixed."),
+			 hint ? errhint("%s", hint) : 0));
+}
+
+/* Forget a publisher's problem.  Public API (outbox_publisher.h). */
+void
+OutboxPublisherClearProblem(OutboxProblem *problem)
+{
+	if (problem->reported)
+		pfree(problem->reported);
+	problem->reported = NULL;
+}
+
+/*
+ * Block the signals PostgreSQL handles in the calling thread.  Public API
+ * (outbox_publisher.h).
+ */
+void
+OutboxPublisherBlockSignals(sigset_t *saved)
+{
+	sigset_t	block;
+
+	sigemptyset(&block);
+	sigaddset(&block, SIGHUP);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGQUIT);
+	sigaddset(&block, SIGUSR1);
+	sigaddset(&block, SIGUSR2);
+	sigaddset(&block, SIGALRM);
+	sigaddset(&block, SIGCHLD);
+	sigaddset(&block, SIGURG);
+	sigaddset(&block, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &block, saved);
+}
+
+/*
+ * Append bytes to an error text, made printable.  Public API
+ * (outbox_publisher.h).
+ */
+void
+OutboxPublisherAppendPrintable(StringInfo buf, const char *s, int len, bool flatten)
+{
+	bool		utf8 = GetDatabaseEncoding() == PG_UTF8;
+	int			i = 0;
+
+	while (i < len)
+	{
+		unsigned char c = (unsigned char) s[i];
+
+		if (c >= 0x20 && c < 0x7f)
+		{
+			appendStringInfoChar(buf, (char) c);
+			i++;
+			continue;
+		}
+		if (flatten && (c == '\r' || c == '\n' || c == '\t'))
+		{
+			appendStringInfoChar(buf, ' ');
+			i++;
+			continue;
+		}
+		if (utf8 && IS_HIGHBIT_SET(c))
+		{
+			int			n = pg_utf_mblen((const unsigned char *) s + i);
+
+			if (i + n <= len && pg_utf8_islegal((const unsigned char *) s + i, n))
+			{
+				appendBinaryStringInfo(buf, s + i, n);
+				i += n;
+				continue;
+			}
+		}
+		appendStringInfo(buf, "\\x%02x", c);
+		i++;
+	}
 }

@@ -54,7 +54,7 @@ static SPIPlanPtr call_plan = NULL;
 static Oid	call_plan_function = InvalidOid;
 
 /* The last problem logged, to log each one once. */
-static char *reported_problem = NULL;
+static OutboxProblem config_problem;
 
 /*
  * Check outbox.publisher_function: empty, or a function name, optionally
@@ -79,20 +79,12 @@ check_publisher_function(char **newval, void **extra, GucSource source)
 	return ok;
 }
 
-/* Log a problem once, until it changes or goes away. */
+/* Log a problem with the function once, until it changes or goes away. */
 static void
-report_problem(const char *problem, const char *hint)
+report_function_problem(const char *problem, const char *hint)
 {
-	if (reported_problem && strcmp(reported_problem, problem) == 0)
-		return;
-	if (reported_problem)
-		pfree(reported_problem);
-	reported_problem = MemoryContextStrdup(TopMemoryContext, problem);
-	ereport(WARNING,
-			(errcode(ERRCODE_UNDEFINED_FUNCTION),
-			 errmsg("outbox function publisher: %s", problem),
-			 errdetail("Messages stay pending until this is fixed."),
-			 hint ? errhint("%s", hint) : 0));
+	OutboxPublisherReportProblem(&config_problem, "function", ERRCODE_UNDEFINED_FUNCTION,
+								 problem, hint);
 }
 
 /*
@@ -113,7 +105,7 @@ lookup_publisher_function(void)
 
 	if (publisher_function[0] == '\0')
 	{
-		report_problem("outbox.publisher_function is not set", signature_hint);
+		report_function_problem("outbox.publisher_function is not set", signature_hint);
 		return InvalidOid;
 	}
 
@@ -136,32 +128,31 @@ lookup_publisher_function(void)
 		else
 			problem = psprintf("function %s(outbox.messages) does not exist",
 							   publisher_function);
-		report_problem(problem, signature_hint);
+		report_function_problem(problem, signature_hint);
 		return InvalidOid;
 	}
 	if (get_func_prokind(fn) != PROKIND_FUNCTION)
 	{
-		report_problem(psprintf("%s(outbox.messages) is not a plain function (procedures, aggregates and window functions cannot deliver messages)",
-								publisher_function),
-					   signature_hint);
+		report_function_problem(psprintf("%s(outbox.messages) is not a plain function (procedures, aggregates and window functions cannot deliver messages)",
+										 publisher_function),
+								signature_hint);
 		return InvalidOid;
 	}
 	if (pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 	{
-		report_problem(psprintf("the outbox worker's role \"%s\" may not execute function %s(outbox.messages)",
-								GetUserNameFromId(GetUserId(), false),
-								publisher_function),
-					   "GRANT EXECUTE on the function to the role in outbox.role.");
+		report_function_problem(psprintf("the outbox worker's role \"%s\" may not execute function %s(outbox.messages)",
+										 GetUserNameFromId(GetUserId(), false),
+										 publisher_function),
+								"GRANT EXECUTE on the function to the role in outbox.role.");
 		return InvalidOid;
 	}
 
-	if (reported_problem)
+	if (config_problem.reported)
 	{
 		ereport(LOG,
 				(errmsg("outbox function publisher: delivering through %s(outbox.messages)",
 						publisher_function)));
-		pfree(reported_problem);
-		reported_problem = NULL;
+		OutboxPublisherClearProblem(&config_problem);
 	}
 	return fn;
 }

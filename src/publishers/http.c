@@ -120,7 +120,7 @@ static bool curl_ready = false;
 static ResourceOwner hmac_owner = NULL;
 
 /* The last configuration problem logged, to log each one once. */
-static char *reported_problem = NULL;
+static OutboxProblem config_problem;
 
 /* Headers that describe the connection or the framing: never from messages. */
 static const char *const transport_headers[] = {
@@ -186,73 +186,6 @@ redact_secret_in_log(ErrorData *edata)
 		prev_emit_log_hook(edata);
 }
 
-/* Log a configuration problem once, until it changes or goes away. */
-static void
-report_problem(const char *problem, const char *hint)
-{
-	if (reported_problem && strcmp(reported_problem, problem) == 0)
-		return;
-	if (reported_problem)
-		pfree(reported_problem);
-	reported_problem = MemoryContextStrdup(TopMemoryContext, problem);
-	ereport(WARNING,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("outbox http publisher: %s", problem),
-			 errdetail("Messages stay pending until this is fixed."),
-			 hint ? errhint("%s", hint) : 0));
-}
-
-static void
-clear_problem(void)
-{
-	if (reported_problem)
-		pfree(reported_problem);
-	reported_problem = NULL;
-}
-
-/*
- * Append bytes for last_error: printable ASCII as is, multibyte characters
- * as is when they are valid UTF-8 in a UTF-8 database, anything else as
- * \xNN (or as a space for line breaks and tabs, when flatten is true).
- */
-static void
-append_printable(StringInfo buf, const char *s, int len, bool flatten)
-{
-	bool		utf8 = GetDatabaseEncoding() == PG_UTF8;
-	int			i = 0;
-
-	while (i < len)
-	{
-		unsigned char c = (unsigned char) s[i];
-
-		if (c >= 0x20 && c < 0x7f)
-		{
-			appendStringInfoChar(buf, (char) c);
-			i++;
-			continue;
-		}
-		if (flatten && (c == '\r' || c == '\n' || c == '\t'))
-		{
-			appendStringInfoChar(buf, ' ');
-			i++;
-			continue;
-		}
-		if (utf8 && IS_HIGHBIT_SET(c))
-		{
-			int			n = pg_utf_mblen((const unsigned char *) s + i);
-
-			if (i + n <= len && pg_utf8_islegal((const unsigned char *) s + i, n))
-			{
-				appendBinaryStringInfo(buf, s + i, n);
-				i += n;
-				continue;
-			}
-		}
-		appendStringInfo(buf, "\\x%02x", c);
-		i++;
-	}
-}
-
 /* Whether c may appear in a header name (an RFC 7230 token). */
 static bool
 is_token_char(unsigned char c)
@@ -310,7 +243,7 @@ header_problem(const char *name, int namelen, const char *value, int valuelen,
 		if (!is_token_char((unsigned char) name[i]))
 		{
 			appendStringInfoString(&buf, "message header name \"");
-			append_printable(&buf, name, Min(namelen, 100), false);
+			OutboxPublisherAppendPrintable(&buf, name, Min(namelen, 100), false);
 			appendStringInfo(&buf, "\" is not a valid HTTP header name (invalid character at position %d)",
 							 i + 1);
 			return buf.data;
@@ -860,7 +793,7 @@ finish_request(HttpRequest *r, CURLcode code, OutboxPublishResult *result)
 		if (r->body_len > 0)
 		{
 			appendStringInfoString(&error, ": ");
-			append_printable(&error, r->body, r->body_len, true);
+			OutboxPublisherAppendPrintable(&error, r->body, r->body_len, true);
 		}
 		if (status == 429 || status == 503)
 		{
@@ -878,35 +811,12 @@ finish_request(HttpRequest *r, CURLcode code, OutboxPublishResult *result)
 		}
 	}
 	else if (r->errbuf[0] != '\0')
-		append_printable(&error, r->errbuf, (int) strlen(r->errbuf), true);
+		OutboxPublisherAppendPrintable(&error, r->errbuf, (int) strlen(r->errbuf), true);
 	else
 		appendStringInfoString(&error, curl_easy_strerror(code));
 
 	result->status = OUTBOX_PUBLISH_RETRY;
 	result->error = error.data;
-}
-
-/*
- * Block PostgreSQL's signals while curl runs, so that a thread curl starts
- * (the name resolver) inherits a mask that keeps their handlers on the
- * main thread; they are delivered once unblocked.
- */
-static void
-block_signals(sigset_t *saved)
-{
-	sigset_t	block;
-
-	sigemptyset(&block);
-	sigaddset(&block, SIGHUP);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGQUIT);
-	sigaddset(&block, SIGUSR1);
-	sigaddset(&block, SIGUSR2);
-	sigaddset(&block, SIGALRM);
-	sigaddset(&block, SIGCHLD);
-	sigaddset(&block, SIGURG);
-	pthread_sigmask(SIG_BLOCK, &block, saved);
 }
 
 /* Tell curl about a socket event or its timer; raise an ERROR on failure. */
@@ -922,14 +832,15 @@ socket_action(curl_socket_t fd, int events)
 
 /*
  * Hand curl the socket events that poll() reported, and its timer when due,
- * with signals blocked (see block_signals).
+ * with signals blocked, so that a thread curl starts (the name resolver)
+ * keeps PostgreSQL's signal handlers off itself.
  */
 static pg_noinline void
 dispatch(struct pollfd *ready, int nready)
 {
 	sigset_t	saved;
 
-	block_signals(&saved);
+	OutboxPublisherBlockSignals(&saved);
 	PG_TRY();
 	{
 		int			i;
@@ -1069,13 +980,14 @@ http_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *result
 
 	if (http_url[0] == '\0')
 	{
-		report_problem("outbox.http_url is not set",
-					   "Set outbox.http_url to the webhook URL and reload.");
+		OutboxPublisherReportProblem(&config_problem, "http", ERRCODE_INVALID_PARAMETER_VALUE,
+									 "outbox.http_url is not set",
+									 "Set outbox.http_url to the webhook URL and reload.");
 		for (i = 0; i < nmessages; i++)
 			results[i].status = OUTBOX_PUBLISH_SKIPPED;
 		return;
 	}
-	clear_problem();
+	OutboxPublisherClearProblem(&config_problem);
 
 	if (multi == NULL)
 		http_setup();
@@ -1122,7 +1034,7 @@ static void
 http_shutdown(void)
 {
 	http_teardown();
-	clear_problem();
+	OutboxPublisherClearProblem(&config_problem);
 }
 
 static const OutboxPublisher http_publisher = {

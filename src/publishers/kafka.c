@@ -175,7 +175,7 @@ static int	nlog_lines = 0;
 static int	log_lines_dropped = 0;
 
 /* The last configuration problem logged, to log each one once. */
-static char *reported_problem = NULL;
+static OutboxProblem config_problem;
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -417,26 +417,10 @@ redact_properties_in_log(ErrorData *edata)
 
 /* Log a configuration problem once, until it changes or goes away. */
 static void
-report_problem(const char *problem, const char *hint)
+report_config_problem(const char *problem, const char *hint)
 {
-	if (reported_problem && strcmp(reported_problem, problem) == 0)
-		return;
-	if (reported_problem)
-		pfree(reported_problem);
-	reported_problem = MemoryContextStrdup(TopMemoryContext, problem);
-	ereport(WARNING,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("outbox kafka publisher: %s", problem),
-			 errdetail("Messages stay pending until this is fixed."),
-			 hint ? errhint("%s", hint) : 0));
-}
-
-static void
-clear_problem(void)
-{
-	if (reported_problem)
-		pfree(reported_problem);
-	reported_problem = NULL;
+	OutboxPublisherReportProblem(&config_problem, "kafka", ERRCODE_INVALID_PARAMETER_VALUE,
+								 problem, hint);
 }
 
 /*
@@ -603,29 +587,6 @@ serve(void)
 	write_log_lines();
 }
 
-/*
- * Block PostgreSQL's signals while librdkafka starts its threads, so that
- * they inherit a mask that keeps the handlers on the main thread.
- */
-static void
-block_signals(sigset_t *saved)
-{
-	sigset_t	block;
-
-	sigemptyset(&block);
-	sigaddset(&block, SIGHUP);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGQUIT);
-	sigaddset(&block, SIGUSR1);
-	sigaddset(&block, SIGUSR2);
-	sigaddset(&block, SIGALRM);
-	sigaddset(&block, SIGCHLD);
-	sigaddset(&block, SIGURG);
-	sigaddset(&block, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &block, saved);
-}
-
 /* Set a property the publisher itself chooses; failing is a bug. */
 static void
 set_own_property(rd_kafka_conf_t *conf, const char *name, const char *value)
@@ -734,7 +695,7 @@ kafka_setup(void)
 		elog(ERROR, "could not create a pipe: %m");
 	}
 
-	block_signals(&saved);
+	OutboxPublisherBlockSignals(&saved);
 	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	pthread_sigmask(SIG_SETMASK, &saved, NULL);
 	if (rk == NULL)
@@ -1038,8 +999,8 @@ kafka_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resul
 
 	if (kafka_brokers[0] == '\0')
 	{
-		report_problem("outbox.kafka_brokers is not set",
-					   "Set outbox.kafka_brokers to the bootstrap servers (host:port,...) and reload.");
+		report_config_problem("outbox.kafka_brokers is not set",
+							  "Set outbox.kafka_brokers to the bootstrap servers (host:port,...) and reload.");
 		for (i = 0; i < nmessages; i++)
 			results[i].status = OUTBOX_PUBLISH_SKIPPED;
 		return;
@@ -1064,14 +1025,14 @@ kafka_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resul
 
 		if (problem)
 		{
-			report_problem(problem,
-						   "Fix outbox.kafka_properties or outbox.kafka_brokers and reload.");
+			report_config_problem(problem,
+								  "Fix outbox.kafka_properties or outbox.kafka_brokers and reload.");
 			for (i = 0; i < nmessages; i++)
 				results[i].status = OUTBOX_PUBLISH_SKIPPED;
 			return;
 		}
 	}
-	clear_problem();
+	OutboxPublisherClearProblem(&config_problem);
 
 	if (deliveries_size < nmessages)
 	{
@@ -1154,7 +1115,7 @@ static void
 kafka_shutdown(void)
 {
 	kafka_teardown();
-	clear_problem();
+	OutboxPublisherClearProblem(&config_problem);
 }
 
 static const OutboxPublisher kafka_publisher = {

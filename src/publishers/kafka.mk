@@ -14,3 +14,6 @@ SHLIB_LINK += $(or $(shell pkg-config --libs rdkafka 2>/dev/null),-lrdkafka)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies.
+$(OBJS): src/outbox_publisher.h

@@ -56,7 +56,6 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "storage/latch.h"
@@ -155,7 +154,7 @@ static InFlight *slots = NULL;
 static int	nslots = 0;
 
 /* The last problem logged, to log each one once. */
-static char *reported_problem = NULL;
+static OutboxProblem connection_problem;
 
 /* The signals blocked while libnats may start threads. */
 static sigset_t saved_mask;
@@ -179,22 +178,9 @@ now_ms(void)
 static void
 block_signals(void)
 {
-	sigset_t	block;
-
 	if (signals_blocked)
 		return;
-	sigemptyset(&block);
-	sigaddset(&block, SIGHUP);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGQUIT);
-	sigaddset(&block, SIGUSR1);
-	sigaddset(&block, SIGUSR2);
-	sigaddset(&block, SIGALRM);
-	sigaddset(&block, SIGCHLD);
-	sigaddset(&block, SIGURG);
-	sigaddset(&block, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &block, &saved_mask);
+	OutboxPublisherBlockSignals(&saved_mask);
 	signals_blocked = true;
 }
 
@@ -212,64 +198,20 @@ unblock_signals(void)
 static void
 report_problem(const char *problem, const char *hint)
 {
-	if (reported_problem && strcmp(reported_problem, problem) == 0)
-		return;
-	if (reported_problem)
-		pfree(reported_problem);
-	reported_problem = MemoryContextStrdup(TopMemoryContext, problem);
-	ereport(WARNING,
-			(errmsg("outbox nats publisher: %s", problem),
-			 errdetail("Messages stay pending until this is fixed."),
-			 hint ? errhint("%s", hint) : 0));
+	OutboxPublisherReportProblem(&connection_problem, "nats", ERRCODE_CONNECTION_FAILURE,
+								 problem, hint);
 }
 
 /* Forget the problem logged last, and say that it went away. */
 static void
 clear_problem(void)
 {
-	if (reported_problem == NULL)
+	if (connection_problem.reported == NULL)
 		return;
 	ereport(LOG,
 			(errmsg("outbox nats publisher: publishing again (after: %s)",
-					reported_problem)));
-	pfree(reported_problem);
-	reported_problem = NULL;
-}
-
-/*
- * Append bytes for an error text: printable ASCII and valid UTF-8 as they
- * are (in a UTF-8 database), anything else as \xNN.
- */
-static void
-append_printable(StringInfo buf, const char *s, int len)
-{
-	bool		utf8 = GetDatabaseEncoding() == PG_UTF8;
-	int			i = 0;
-
-	while (i < len)
-	{
-		unsigned char c = (unsigned char) s[i];
-
-		if (c >= 0x20 && c < 0x7f)
-		{
-			appendStringInfoChar(buf, (char) c);
-			i++;
-			continue;
-		}
-		if (utf8 && IS_HIGHBIT_SET(c))
-		{
-			int			n = pg_utf_mblen((const unsigned char *) s + i);
-
-			if (i + n <= len && pg_utf8_islegal((const unsigned char *) s + i, n))
-			{
-				appendBinaryStringInfo(buf, s + i, n);
-				i += n;
-				continue;
-			}
-		}
-		appendStringInfo(buf, "\\x%02x", c);
-		i++;
-	}
+					connection_problem.reported)));
+	OutboxPublisherClearProblem(&connection_problem);
 }
 
 /* ------------------------------------------------------------------ subjects */
@@ -774,9 +716,9 @@ finish_connecting(void)
 
 		initStringInfo(&buf);
 		appendStringInfoString(&buf, "could not connect to ");
-		append_printable(&buf, built_url, (int) strlen(built_url));
+		OutboxPublisherAppendPrintable(&buf, built_url, (int) strlen(built_url), false);
 		appendStringInfoString(&buf, ": ");
-		append_printable(&buf, job->error, (int) strlen(job->error));
+		OutboxPublisherAppendPrintable(&buf, job->error, (int) strlen(job->error), false);
 		natsConnection_Destroy(job->conn);
 		free(job);
 		/* Settings unchanged: tried again on the next batch. */
@@ -866,11 +808,11 @@ ensure_connected(void)
 		pthread_mutex_unlock(&shared_lock);
 		initStringInfo(&buf);
 		appendStringInfoString(&buf, "not connected to any NATS server of ");
-		append_printable(&buf, built_url, (int) strlen(built_url));
+		OutboxPublisherAppendPrintable(&buf, built_url, (int) strlen(built_url), false);
 		if (last[0])
 		{
 			appendStringInfoString(&buf, " (last error: ");
-			append_printable(&buf, last, (int) strlen(last));
+			OutboxPublisherAppendPrintable(&buf, last, (int) strlen(last), false);
 			appendStringInfoChar(&buf, ')');
 		}
 		appendStringInfoString(&buf, "; reconnecting");
@@ -966,9 +908,9 @@ build_message(const OutboxMessage *m, OutboxPublishResult *result)
 
 		initStringInfo(&buf);
 		appendStringInfoString(&buf, "nats: subject \"");
-		append_printable(&buf, subject, Min((int) strlen(subject), 200));
+		OutboxPublisherAppendPrintable(&buf, subject, Min((int) strlen(subject), 200), false);
 		appendStringInfoString(&buf, "\" (for topic \"");
-		append_printable(&buf, m->topic, Min((int) strlen(m->topic), 200));
+		OutboxPublisherAppendPrintable(&buf, m->topic, Min((int) strlen(m->topic), 200), false);
 		appendStringInfo(&buf, "\") is not a valid NATS subject: %s", why);
 		result->status = OUTBOX_PUBLISH_REJECT;
 		result->error = buf.data;
@@ -1015,7 +957,7 @@ build_message(const OutboxMessage *m, OutboxPublishResult *result)
 
 					initStringInfo(&buf);
 					appendStringInfoString(&buf, "message header name \"");
-					append_printable(&buf, name, Min((int) strlen(name), 100));
+					OutboxPublisherAppendPrintable(&buf, name, Min((int) strlen(name), 100), false);
 					appendStringInfo(&buf, "\" is not a valid NATS header name (invalid character at position %d)",
 									 (int) (p - name) + 1);
 					problem = buf.data;
@@ -1072,7 +1014,7 @@ failure_text(const NatsCompletion *c)
 	if (c->status == NATS_NO_RESPONDERS)
 	{
 		appendStringInfoString(&buf, "nats: no stream matches subject \"");
-		append_printable(&buf, subject, (int) strlen(subject));
+		OutboxPublisherAppendPrintable(&buf, subject, (int) strlen(subject), false);
 		appendStringInfoChar(&buf, '"');
 	}
 	else if (c->status == NATS_TIMEOUT)
@@ -1080,7 +1022,7 @@ failure_text(const NatsCompletion *c)
 	else
 	{
 		appendStringInfoString(&buf, "nats: JetStream did not store the message: ");
-		append_printable(&buf, c->text, (int) strlen(c->text));
+		OutboxPublisherAppendPrintable(&buf, c->text, (int) strlen(c->text), false);
 		if (c->code != 0)
 			appendStringInfo(&buf, " (error code %d)", (int) c->code);
 	}
@@ -1377,9 +1319,7 @@ static void
 nats_shutdown(void)
 {
 	nats_teardown();
-	if (reported_problem)
-		pfree(reported_problem);
-	reported_problem = NULL;
+	OutboxPublisherClearProblem(&connection_problem);
 }
 
 static const OutboxPublisher nats_publisher = {

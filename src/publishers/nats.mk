@@ -15,3 +15,6 @@ SHLIB_LINK += $(or $(shell pkg-config --libs libnats 2>/dev/null),-lnats)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies.
+$(OBJS): src/outbox_publisher.h
