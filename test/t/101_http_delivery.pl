@@ -49,25 +49,6 @@ sub save
 	return $node->safe_psql('postgres', "SELECT $sql");
 }
 
-sub message
-{
-	my ($id) = @_;
-	my $row = $node->safe_psql('postgres',
-		"SELECT status, retries, coalesce(last_error, '') FROM outbox.messages WHERE id = '$id'");
-	my ($status, $retries, $error) = split /\|/, $row, 3;
-	return { status => $status, retries => $retries, error => $error };
-}
-
-# Wait until the messages with these ids are processed.
-sub wait_processed
-{
-	my @ids = @_;
-	my $list = join(',', map { "'$_'" } @ids);
-	return OutboxTest::poll_until($node, 'postgres',
-		"SELECT count(*) FROM outbox.messages WHERE id IN ($list) AND status = 'processed'",
-		scalar(@ids));
-}
-
 # The single request received for message $id.
 sub request_of
 {
@@ -143,19 +124,19 @@ my $good_id = save(q{outbox.save('good', '7'::text, NULL, '{"x-fine": "yes"}')})
 ok( OutboxTest::poll_until($node, 'postgres',
 		"SELECT count(*) FROM outbox.messages WHERE status = 'failed' AND retries = 1", '7'),
 	'messages with unsendable headers failed at once');
-like(message($bad{name_space})->{error},
+like(OutboxTest::message_state($node, $bad{name_space})->{error},
 	qr/^message header name "bad name" is not a valid HTTP header name/, 'invalid header name: clear error');
-like(message($bad{name_colon})->{error}, qr/"x:y" is not a valid HTTP header name/,
+like(OutboxTest::message_state($node, $bad{name_colon})->{error}, qr/"x:y" is not a valid HTTP header name/,
 	'colon in a header name: clear error');
-like(message($bad{value_newline})->{error},
+like(OutboxTest::message_state($node, $bad{value_newline})->{error},
 	qr/^value of message header "x-inject" contains the control character \\x0d/,
 	'CR LF in a header value: clear error');
-like(message($bad{framing})->{error}, qr/"Content-Length" cannot be sent/,
+like(OutboxTest::message_state($node, $bad{framing})->{error}, qr/"Content-Length" cannot be sent/,
 	'framing header refused');
-like(message($bad{reserved})->{error}, qr/"outbox-id" cannot be sent/, 'Outbox-Id cannot be spoofed');
-like(message($bad{topic_newline})->{error}, qr/topic contains control characters/,
+like(OutboxTest::message_state($node, $bad{reserved})->{error}, qr/"outbox-id" cannot be sent/, 'Outbox-Id cannot be spoofed');
+like(OutboxTest::message_state($node, $bad{topic_newline})->{error}, qr/topic contains control characters/,
 	'topic with a newline: clear error');
-is(message($bad{two_types})->{error}, 'the message has two content-type headers',
+is(OutboxTest::message_state($node, $bad{two_types})->{error}, 'the message has two content-type headers',
 	'two content types: clear error');
 ok( OutboxTest::poll_until($node, 'postgres',
 		"SELECT status FROM outbox.messages WHERE id = '$good_id'", 'processed'),
@@ -186,7 +167,7 @@ sub verify_signature
 }
 
 my $signed_id = save(q{outbox.save('signed', '{"amount": 42}'::jsonb, 'acct-7')});
-ok(wait_processed($signed_id), 'signed message processed');
+ok(OutboxTest::wait_processed($node, $signed_id), 'signed message processed');
 $r = request_of($signed_id);
 is($r->{headers}{'webhook-id'}, $signed_id, 'webhook-id is the message id');
 like($r->{headers}{'webhook-timestamp'}, qr/^\d+$/, 'webhook-timestamp is unix seconds');
@@ -202,7 +183,7 @@ $node->reload;
 OutboxTest::poll_until($node, 'postgres',
 	"SELECT current_setting('outbox.http_signing_secret') = '$whsec'", 't');
 my $whsec_id = save(q{outbox.save('signed', '\x000102'::bytea)});
-ok(wait_processed($whsec_id), 'whsec-signed message processed');
+ok(OutboxTest::wait_processed($node, $whsec_id), 'whsec-signed message processed');
 $r = request_of($whsec_id);
 ok(verify_signature($r, $key_bytes), 'whsec_ secret: signature verifies with the decoded key');
 
@@ -242,10 +223,10 @@ my $tls_id = save(q{outbox.save('secure', '{"s": 1}'::jsonb)});
 ok( OutboxTest::poll_until($node, 'postgres',
 		"SELECT retries > 0 FROM outbox.messages WHERE id = '$tls_id'", 't'),
 	'a self-signed certificate is refused');
-like(message($tls_id)->{error}, qr/certificate/i, 'last_error says why');
+like(OutboxTest::message_state($node, $tls_id)->{error}, qr/certificate/i, 'last_error says why');
 is(scalar(@{ [ $tls->requests ] }), 0, 'nothing was posted to that server');
 OutboxTest::set_conf($node, 'outbox.http_ca_file' => $tls->cert_file);
-ok(wait_processed($tls_id), 'with outbox.http_ca_file naming its certificate, delivered');
+ok(OutboxTest::wait_processed($node, $tls_id), 'with outbox.http_ca_file naming its certificate, delivered');
 my @tls_reqs = $tls->requests(id => $tls_id);
 is(scalar @tls_reqs, 1, 'one request reached the HTTPS server');
 is($tls_reqs[0]{body}, '{"s": 1}', 'over HTTPS, body intact');

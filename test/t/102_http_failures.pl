@@ -42,36 +42,18 @@ sub save
 	return $node->safe_psql('postgres', "SELECT $sql");
 }
 
-sub message
-{
-	my ($id) = @_;
-	my $row = $node->safe_psql('postgres',
-		"SELECT status, retries, coalesce(last_error, '') FROM outbox.messages WHERE id = '$id'");
-	my ($status, $retries, $error) = split /\|/, $row, 3;
-	return { status => $status, retries => $retries, error => $error };
-}
-
-sub wait_processed
-{
-	my @ids = @_;
-	my $list = join(',', map { "'$_'" } @ids);
-	return OutboxTest::poll_until($node, 'postgres',
-		"SELECT count(*) FROM outbox.messages WHERE id IN ($list) AND status = 'processed'",
-		scalar(@ids));
-}
-
 ########################################################################
 # 500, then 200, with the backoff respected.
 
 $srv->plan('flaky', { status => 500, body => 'boom' }, { status => 200 });
 my $flaky_id = save(q{outbox.save('flaky', '{"x": 1}'::jsonb)});
-ok(wait_processed($flaky_id), '500 then 200: processed');
+ok(OutboxTest::wait_processed($node, $flaky_id), '500 then 200: processed');
 my @r = $srv->requests(id => $flaky_id);
 is(scalar @r, 2, 'two attempts');
 is_deeply([ map { $_->{status} } @r ], [ 500, 200 ], 'the first answered 500, the second 200');
 my $gap = @r == 2 ? $r[1]{start} - $r[0]{end} : 0;
 cmp_ok($gap, '>=', 0.45, sprintf('retried after the backoff (1 s with jitter; waited %.2f s)', $gap));
-my $m = message($flaky_id);
+my $m = OutboxTest::message_state($node, $flaky_id);
 is($m->{retries}, 1, 'one failed attempt recorded');
 is($m->{error}, 'HTTP 500: boom', 'last_error has the status and the body');
 
@@ -86,15 +68,15 @@ $srv->plan('limited',
 	{ status => 200 });
 my $busy_id = save(q{outbox.save('busy', '1'::text)});
 my $limited_id = save(q{outbox.save('limited', '2'::text)});
-ok(wait_processed($busy_id, $limited_id), 'Retry-After messages processed');
+ok(OutboxTest::wait_processed($node, $busy_id, $limited_id), 'Retry-After messages processed');
 @r = $srv->requests(id => $busy_id);
 $gap = @r == 2 ? $r[1]{start} - $r[0]{end} : 0;
 cmp_ok($gap, '>=', 1.8, sprintf('503 with Retry-After: 2 waited 2 s, not the 100 ms backoff (%.2f s)', $gap));
-is(message($busy_id)->{error}, 'HTTP 503: later', 'last_error of the 503');
+is(OutboxTest::message_state($node, $busy_id)->{error}, 'HTTP 503: later', 'last_error of the 503');
 @r = $srv->requests(id => $limited_id);
 $gap = @r == 2 ? $r[1]{start} - $r[0]{end} : 0;
 cmp_ok($gap, '>=', 1.0, sprintf('429 with an HTTP-date Retry-After waited until then (%.2f s)', $gap));
-is(message($limited_id)->{error}, 'HTTP 429', 'last_error of the 429 without a body');
+is(OutboxTest::message_state($node, $limited_id)->{error}, 'HTTP 429', 'last_error of the 429 without a body');
 
 ########################################################################
 # A request slower than http_timeout fails; the others go on.
@@ -103,9 +85,9 @@ OutboxTest::set_conf($node, 'outbox.http_timeout' => '500ms');
 $srv->plan('slow', { status => 200, delay_ms => 3000 }, { status => 200 });
 my $slow_id = save(q{outbox.save('slow', '1'::text)});
 my @fast_ids = map { save(qq{outbox.save('fast', '$_'::text)}) } 1 .. 5;
-ok(wait_processed(@fast_ids), 'fast messages processed');
-ok(wait_processed($slow_id), 'the slow message processed on its second attempt');
-$m = message($slow_id);
+ok(OutboxTest::wait_processed($node, @fast_ids), 'fast messages processed');
+ok(OutboxTest::wait_processed($node, $slow_id), 'the slow message processed on its second attempt');
+$m = OutboxTest::message_state($node, $slow_id);
 is($m->{retries}, 1, 'the timed-out attempt counted as failed');
 like($m->{error}, qr/timed out/i, "last_error is curl's timeout text ($m->{error})");
 is( $node->safe_psql('postgres',
@@ -125,12 +107,12 @@ ok( OutboxTest::poll_until($node, 'postgres',
 		"SELECT count(*) FROM outbox.messages WHERE topic = 'down' AND status = 'pending' AND retries >= 2",
 		'5'),
 	'with the server down, attempts fail and messages stay pending');
-like(message($down_ids[0])->{error}, qr/connect/i, 'last_error says the connection failed');
+like(OutboxTest::message_state($node, $down_ids[0])->{error}, qr/connect/i, 'last_error says the connection failed');
 is( $node->safe_psql('postgres',
 		"SELECT count(*) FROM outbox.messages WHERE topic = 'down' AND status <> 'pending'"),
 	'0', 'none processed or failed meanwhile');
 $srv->restart;
-ok(wait_processed(@down_ids), 'delivered once the server is back');
+ok(OutboxTest::wait_processed($node, @down_ids), 'delivered once the server is back');
 is(scalar(@{ [ $srv->requests(topic => 'down') ] }), 5, 'each exactly once');
 
 ########################################################################
@@ -140,7 +122,7 @@ $srv->reset;
 $srv->plan('ordered', { status => 500 }, { status => 500 }, { status => 200 });
 my @order_a = map { save(qq{outbox.save('ordered', '"a$_"'::jsonb, 'acct-a')}) } 1 .. 3;
 my @order_b = map { save(qq{outbox.save('ordered', '"b$_"'::jsonb, 'acct-b')}) } 1 .. 2;
-ok(wait_processed(@order_a, @order_b), 'ordered messages processed');
+ok(OutboxTest::wait_processed($node, @order_a, @order_b), 'ordered messages processed');
 for my $ids (\@order_a, \@order_b)
 {
 	my $in_order = 1;
@@ -209,7 +191,7 @@ ok( OutboxTest::poll_until($node, 'postgres',
 my $took = time() - $t0;
 cmp_ok($took, '<', 5, sprintf('promptly (%.2f s, the answer would take 20 s)', $took));
 ok(OutboxTest::wait_for_worker($node, 'postgres', not_pid => $pid), 'a new worker starts');
-ok(wait_processed($hang_id, $other_id), 'the interrupted message is delivered again, and the next one');
+ok(OutboxTest::wait_processed($node, $hang_id, $other_id), 'the interrupted message is delivered again, and the next one');
 
 # Postmaster death: the worker notices it while its request hangs.
 $srv->reset;

@@ -32,15 +32,6 @@ CREATE SCHEMA app;
 CREATE TABLE app.delivered (id uuid, topic text, body text, seen_status text, seen_retries int);
 });
 
-sub message
-{
-	my ($id) = @_;
-	my $row = $node->safe_psql('postgres',
-		"SELECT status, retries, coalesce(last_error, '') FROM outbox.messages WHERE id = '$id'");
-	my ($status, $retries, $error) = split /\|/, $row, 3;
-	return { status => $status, retries => $retries, error => $error };
-}
-
 sub delivered_count
 {
 	my ($id) = @_;
@@ -67,7 +58,7 @@ ok( OutboxTest::wait_for_log_line($node,
 		qr/WARNING:  outbox function publisher: function app\.deliver\(outbox\.messages\) does not exist/,
 		$offset),
 	'a missing function is a clear warning');
-my $m = message($early_id);
+my $m = OutboxTest::message_state($node, $early_id);
 is_deeply([ $m->{status}, $m->{retries}, $m->{error} ], [ 'pending', 0, '' ],
 	'the message stays pending, no attempt counted');
 
@@ -127,7 +118,7 @@ ok( OutboxTest::poll_until($node, 'postgres',
 		'4'),
 	'the batch settled');
 
-$m = message($good1);
+$m = OutboxTest::message_state($node, $good1);
 is($m->{status}, 'processed', 'good message processed');
 is($m->{retries}, 0, 'at the first attempt');
 is(delivered_count($good1), '1', 'its fan-out row committed');
@@ -135,13 +126,13 @@ is(delivered_count($good2), '1', 'so did that of the good message after the pois
 is( $node->safe_psql('postgres', "SELECT seen_status || '/' || seen_retries FROM app.delivered WHERE id = '$good1'"),
 	'pending/0', 'the function saw the row as claimed');
 
-$m = message($poison);
+$m = OutboxTest::message_state($node, $poison);
 is($m->{status}, 'failed', 'the poison message failed after outbox.max_retries');
 is($m->{retries}, 3, 'three failed attempts');
 is($m->{error}, "cannot deliver $poison (attempt 3)", "last_error is the function's error message");
 is(delivered_count($poison), '0', "the failing calls' own inserts were undone");
 
-$m = message($twice);
+$m = OutboxTest::message_state($node, $twice);
 is($m->{status}, 'processed', 'the message failing twice was delivered');
 is($m->{retries}, 2, 'on its third attempt');
 is($m->{error}, 'not yet: attempt 2', 'the last failure is remembered');

@@ -44,15 +44,6 @@ outbox_flaky.fail_attempts = 2
 outbox_flaky.reject_topic = 'never'
 });
 
-sub message
-{
-	my ($id) = @_;
-	my $row = $node->safe_psql('postgres',
-		"SELECT status, retries, coalesce(last_error, '') FROM outbox.messages WHERE id = '$id'");
-	my ($status, $retries, $error) = split /\|/, $row, 3;
-	return { status => $status, retries => $retries, error => $error };
-}
-
 sub wait_status
 {
 	my ($id, $status) = @_;
@@ -67,7 +58,7 @@ my $offset = OutboxTest::log_position($node);
 
 my $id = $node->safe_psql('postgres', q{SELECT outbox.save('orders', '{"n": 1}'::jsonb, 'order-9')});
 ok(wait_status($id, 'processed'), 'delivered by the flaky publisher');
-my $m = message($id);
+my $m = OutboxTest::message_state($node, $id);
 is($m->{retries}, 2, 'after the two attempts that fail on purpose');
 is($m->{error}, 'outbox_flaky: attempt 2 of 2 fails on purpose', 'last_error from the publisher');
 is(OutboxTest::log_count($node, qr/outbox_flaky: delivered \Q$id\E topic=orders key=order-9 attempt=3$/, $offset),
@@ -80,11 +71,11 @@ OutboxTest::set_conf($node, 'outbox_flaky.fail_attempts' => '10');
 my $doomed = $node->safe_psql('postgres', q{SELECT outbox.save('orders', '{"n": 2}'::jsonb)});
 my $never = $node->safe_psql('postgres', q{SELECT outbox.save('never', '{"n": 3}'::jsonb)});
 ok(wait_status($doomed, 'failed'), 'a message failing every attempt becomes failed');
-$m = message($doomed);
+$m = OutboxTest::message_state($node, $doomed);
 is($m->{retries}, 4, 'after outbox.max_retries attempts');
 is($m->{error}, 'outbox_flaky: attempt 4 of 10 fails on purpose', 'with the last error');
 ok(wait_status($never, 'failed'), 'a rejected message becomes failed');
-$m = message($never);
+$m = OutboxTest::message_state($node, $never);
 is($m->{retries}, 1, 'at once');
 is($m->{error}, 'outbox_flaky rejects topic "never"', 'with the reason');
 is(OutboxTest::log_count($node, qr/outbox_flaky: delivered (\Q$doomed\E|\Q$never\E)/, $offset),
@@ -93,7 +84,7 @@ is(OutboxTest::log_count($node, qr/outbox_flaky: delivered (\Q$doomed\E|\Q$never
 OutboxTest::set_conf($node, 'outbox_flaky.fail_attempts' => '0');
 my $quick = $node->safe_psql('postgres', q{SELECT outbox.save('orders', '{"n": 4}'::jsonb)});
 ok(wait_status($quick, 'processed'), 'with no failing attempts, delivered at once');
-is(message($quick)->{retries}, 0, 'without retries');
+is(OutboxTest::message_state($node, $quick)->{retries}, 0, 'without retries');
 
 ########################################################################
 # check_topic refuses at save time.

@@ -156,24 +156,6 @@ sub ids_of
 	return split /\n/, $node->safe_psql('postgres', $sql);
 }
 
-sub message
-{
-	my ($id) = @_;
-	my $row = $node->safe_psql('postgres',
-		"SELECT status, retries, coalesce(last_error, '') FROM outbox.messages WHERE id = '$id'");
-	my ($status, $retries, $error) = split /\|/, $row, 3;
-	return { status => $status, retries => $retries, error => $error };
-}
-
-sub wait_processed
-{
-	my @ids = @_;
-	my $list = join(',', map { "'$_'" } @ids);
-	return OutboxTest::poll_until($node, 'postgres',
-		"SELECT count(*) FROM outbox.messages WHERE id IN ($list) AND status = 'processed'",
-		scalar(@ids));
-}
-
 ########################################################################
 # 1. Delivery: exactly once, key, value and headers intact.
 
@@ -186,7 +168,7 @@ my @ids = ids_of(qq{
 	FROM generate_series(1, $n) AS i ORDER BY i});
 is(scalar @ids, $n, "$n messages saved");
 ok(wait_records(@ids), "all $n messages arrived");
-ok(wait_processed(@ids), "all $n marked processed");
+ok(OutboxTest::wait_processed($node, @ids), "all $n marked processed");
 drain_mock();
 
 my @got = records_of(@ids);
@@ -270,7 +252,7 @@ my @err_ids = ids_of(q{
 	SELECT outbox.save('errors', jsonb_build_object('e', i), 'e' || (i % 4))
 	FROM generate_series(1, 20) AS i ORDER BY i});
 ok(wait_records(@err_ids), 'after the errors, every message arrived');
-ok(wait_processed(@err_ids), 'and every one is processed');
+ok(OutboxTest::wait_processed($node, @err_ids), 'and every one is processed');
 my $list = join(',', map { "'$_'" } @err_ids);
 cmp_ok($node->safe_psql('postgres', "SELECT sum(retries) FROM outbox.messages WHERE id IN ($list)"),
 	'>', 0, 'the broker errors were failed attempts');
@@ -293,9 +275,9 @@ ok( OutboxTest::poll_until($node, 'postgres',
 		"SELECT count(*) FROM outbox.messages WHERE id IN ('$bad_topic_id', '$spoofed_id') AND status = 'failed' AND retries = 1",
 		'2'),
 	'a bad topic on the batch path and a reserved header fail at once');
-like(message($bad_topic_id)->{error}, qr/^"bad topic!" is not a legal Kafka topic name/,
+like(OutboxTest::message_state($node, $bad_topic_id)->{error}, qr/^"bad topic!" is not a legal Kafka topic name/,
 	'bad topic: clear error');
-like(message($spoofed_id)->{error}, qr/"outbox-id" cannot be sent/, 'reserved header: clear error');
+like(OutboxTest::message_state($node, $spoofed_id)->{error}, qr/"outbox-id" cannot be sent/, 'reserved header: clear error');
 
 ########################################################################
 # 4. Bad settings; the secret stays secret.
@@ -325,12 +307,12 @@ ok( OutboxTest::wait_for_log_line($node,
 		qr/outbox kafka publisher: outbox.kafka_properties: unknown librdkafka property "no.such.property"/,
 		$offset),
 	'unknown property: logged by name');
-is(message($waiting_id)->{status}, 'pending', 'the message waits, untouched');
-is(message($waiting_id)->{retries}, '0', 'no attempt counted');
+is(OutboxTest::message_state($node, $waiting_id)->{status}, 'pending', 'the message waits, untouched');
+is(OutboxTest::message_state($node, $waiting_id)->{retries}, '0', 'no attempt counted');
 
 $node->append_conf('postgresql.conf', "outbox.kafka_properties = '$properties'\n");
 $node->reload;
-ok(wait_processed($waiting_id), 'delivered once the setting is fixed');
+ok(OutboxTest::wait_processed($node, $waiting_id), 'delivered once the setting is fixed');
 
 $node->safe_psql('postgres', 'CREATE ROLE app LOGIN');
 ($rc, $stdout, $stderr) = $node->psql('postgres', 'SHOW outbox.kafka_properties', extra_params => [ '-U', 'app' ]);
@@ -349,7 +331,7 @@ my $late_id = $node->safe_psql('postgres', q{SELECT outbox.save('payments', '{"l
 ok( OutboxTest::poll_until($node, 'postgres',
 		"SELECT retries > 0 FROM outbox.messages WHERE id = '$late_id'", 't'),
 	'unreachable brokers: the attempt times out');
-like(message($late_id)->{error}, qr/^kafka: Local: Message timed out/, 'last_error says so');
+like(OutboxTest::message_state($node, $late_id)->{error}, qr/^kafka: Local: Message timed out/, 'last_error says so');
 
 # A long message timeout: the batch waits in the publisher.
 OutboxTest::set_conf($node, 'outbox.kafka_properties' => "$properties;message.timeout.ms=60000");
@@ -363,7 +345,7 @@ OutboxTest::poll_until($node, 'postgres',
 	"SELECT wait_event FROM pg_stat_activity WHERE backend_type = 'outbox worker'", 'Extension');
 my $t0 = time();
 OutboxTest::set_conf($node, 'outbox.kafka_brokers' => $bootstrap);
-ok(wait_processed($late_id), 'reload pointing at the cluster: delivered');
+ok(OutboxTest::wait_processed($node, $late_id), 'reload pointing at the cluster: delivered');
 cmp_ok(time() - $t0, '<', 20, 'well before the 60 s message timeout');
 
 OutboxTest::set_conf($node, 'outbox.kafka_brokers' => "127.0.0.1:$closed");

@@ -52,14 +52,6 @@ sub psql_value
 	return $node->safe_psql('postgres', $sql);
 }
 
-sub message
-{
-	my ($id) = @_;
-	my ($status, $retries, $error) = split /\|/,
-	  psql_value("SELECT status, retries, coalesce(last_error, '') FROM outbox.messages WHERE id = '$id'"), 3;
-	return { status => $status, retries => $retries, error => $error };
-}
-
 # Wait until no message is pending or being published.
 sub wait_settled
 {
@@ -162,18 +154,18 @@ my %bad_ids = (
 ok( OutboxTest::poll_until($node, 'postgres',
 		"SELECT count(*) FROM outbox.messages WHERE status = 'failed' AND retries = 1", '6'),
 	'unpublishable messages failed at once');
-like(message($bad_ids{space})->{error},
+like(OutboxTest::message_state($node, $bad_ids{space})->{error},
 	qr/^nats: subject "orders\.eu west" \(for topic "orders\.eu west"\) is not a valid NATS subject: it contains whitespace$/,
 	'space in the subject: clear error');
-like(message($bad_ids{wildcard})->{error}, qr/is not a valid NATS subject: it has a wildcard token/,
+like(OutboxTest::message_state($node, $bad_ids{wildcard})->{error}, qr/is not a valid NATS subject: it has a wildcard token/,
 	'wildcard subject: clear error');
-like(message($bad_ids{empty_token})->{error}, qr/is not a valid NATS subject: it has an empty token/,
+like(OutboxTest::message_state($node, $bad_ids{empty_token})->{error}, qr/is not a valid NATS subject: it has an empty token/,
 	'empty token: clear error');
-like(message($bad_ids{reserved})->{error}, qr/message header "Nats-Msg-Id" cannot be sent: the nats publisher sets it itself/,
+like(OutboxTest::message_state($node, $bad_ids{reserved})->{error}, qr/message header "Nats-Msg-Id" cannot be sent: the nats publisher sets it itself/,
 	'Nats-Msg-Id from the message refused');
-like(message($bad_ids{header_name})->{error}, qr/"bad name" is not a valid NATS header name/,
+like(OutboxTest::message_state($node, $bad_ids{header_name})->{error}, qr/"bad name" is not a valid NATS header name/,
 	'invalid header name: clear error');
-like(message($bad_ids{header_value})->{error}, qr/contains a control character/,
+like(OutboxTest::message_state($node, $bad_ids{header_value})->{error}, qr/contains a control character/,
 	'control character in a header value: clear error');
 is($nats->count('ORDERS'), 301, 'nothing of them reached the stream');
 
@@ -236,7 +228,7 @@ my $inv = psql_value(q{SELECT outbox.save('invoices.created', '{"n": 1}'::jsonb,
 ok( OutboxTest::poll_until($node, 'postgres',
 		"SELECT retries > 0 AND status = 'pending' FROM outbox.messages WHERE id = '$inv'", 't'),
 	'no stream: the message waits and is retried');
-is(message($inv)->{error}, 'nats: no stream matches subject "invoices.created"',
+is(OutboxTest::message_state($node, $inv)->{error}, 'nats: no stream matches subject "invoices.created"',
 	'last_error says no stream matches the subject');
 $nats->js('add-stream', 'INVOICES', 'invoices.>', 1);
 ok( OutboxTest::poll_until($node, 'postgres',

@@ -318,6 +318,38 @@ sub wait_all_processed
 
 =pod
 
+=item message_state($node, $id)
+
+Status, retries and last_error ('' when none) of the message $id in
+database postgres, as a hash: { status, retries, error }.
+
+=item wait_processed($node, @ids)
+
+Wait until the messages with these ids (in database postgres) are
+processed; returns 1, or 0 on timeout.
+
+=cut
+
+sub message_state
+{
+	my ($node, $id) = @_;
+	my $row = $node->safe_psql('postgres',
+		"SELECT status, retries, coalesce(last_error, '') FROM outbox.messages WHERE id = '$id'");
+	my ($status, $retries, $error) = split /\|/, $row, 3;
+	return { status => $status, retries => $retries, error => $error };
+}
+
+sub wait_processed
+{
+	my ($node, @ids) = @_;
+	my $list = join(',', map { "'$_'" } @ids);
+	return poll_until($node, 'postgres',
+		"SELECT count(*) FROM outbox.messages WHERE id IN ($list) AND status = 'processed'",
+		scalar(@ids));
+}
+
+=pod
+
 =item log_position($node)
 
 The current size of the server log, to count lines written after it.
