@@ -32,36 +32,22 @@ FD_MESSAGES=${FD_MESSAGES:-20000}
 WRK_SECONDS=${WRK_SECONDS:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 
-if [[ -n ${PG_CONFIG:-} ]]; then
-    pg_config_bin=$PG_CONFIG
-elif [[ -x /usr/lib/postgresql/15/bin/pg_config ]]; then
-    pg_config_bin=/usr/lib/postgresql/15/bin/pg_config
-else
-    pg_config_bin=$(command -v pg_config)
-fi
-bindir=$("$pg_config_bin" --bindir)
-[[ -f $("$pg_config_bin" --pkglibdir)/outbox.so ]] ||
-    { echo "bench/http.sh: outbox is not installed; run make install" >&2; exit 1; }
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/pg.sh
+. "$here/pg.sh"
+find_outbox_install bench/http.sh
 for tool in nginx wrk python3; do
     command -v "$tool" >/dev/null ||
         { echo "bench/http.sh: $tool not found (apt-get install nginx wrk python3)" >&2; exit 1; }
 done
 [[ $(id -u) -eq 0 ]] || { echo "bench/http.sh: run as root (the cluster runs as postgres)" >&2; exit 1; }
 
-work=$(mktemp -d /tmp/outbox-bench-http.XXXXXX)
-chmod 0755 "$work"
-mkdir "$work/nginx" "$work/sock"
-chown postgres: "$work" "$work/sock"
+bench_work http
+mkdir "$work/nginx"
 nginx_pid=
-pg_data=
-
-as_pg() { runuser -u postgres -- "$@"; }
-psql_pg() { as_pg "$bindir/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$work/sock" -p 5432 -d postgres "$@"; }
 
 cleanup() {
-    if [[ -n $pg_data && -f $pg_data/postmaster.pid ]]; then
-        as_pg "$bindir/pg_ctl" -D "$pg_data" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
+    stop_bench_cluster
     if [[ -n $nginx_pid ]]; then
         kill "$nginx_pid" 2>/dev/null || true
         wait "$nginx_pid" 2>/dev/null || true
@@ -69,10 +55,6 @@ cleanup() {
     rm -rf -- "$work"
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # ------------------------------------------------------------------ nginx
 port=$(free_port)
@@ -109,7 +91,7 @@ nginx_requests() {
 }
 
 # The body every message (and every wrk request) carries: 100 bytes of JSON.
-body='{"order_id": 123456, "customer": "c-0042", "amount": 19.99, "currency": "EUR", "items": [1, 2, 3]}'
+body=$bench_body
 
 # ------------------------------------------------------------------ wrk
 cat >"$work/post.lua" <<EOF
@@ -118,10 +100,6 @@ wrk.body = '$body'
 wrk.headers["Content-Type"] = "application/json"
 EOF
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-# CPU seconds (user + system) a process has used so far.
-cpu_seconds() {
-    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
-}
 
 wrk -t2 -c"$CONNECTIONS" -d"${WRK_SECONDS}s" -s "$work/post.lua" \
     "http://127.0.0.1:$port/hook/orders" >"$work/wrk.out" &
@@ -138,64 +116,20 @@ wrk_rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$wrk_out")
 wrk_total=$(awk '/requests in/ { print $1 }' <<<"$wrk_out")
 
 # ------------------------------------------------------------------ cluster
+# start_cluster CONF [NOFILE]: the throw-away cluster, publishing over HTTP
+# to nginx, with the extra lines CONF.
 start_cluster() {
-    # $1: extra postgresql.conf lines; $2: ulimit -n for the server (or "")
-    pg_data=$work/data
-    rm -rf -- "$pg_data"
-    as_pg "$bindir/initdb" -D "$pg_data" -A trust -E UTF8 --locale=C --no-sync >/dev/null
-    cat >>"$pg_data/postgresql.conf" <<EOF
-listen_addresses = ''
-unix_socket_directories = '$work/sock'
-port = 5432
-shared_buffers = 256MB
-max_wal_size = 4GB
-shared_preload_libraries = 'outbox'
-outbox.databases = 'postgres'
-outbox.publisher = 'http'
+    start_bench_cluster outbox "outbox.publisher = 'http'
 outbox.http_url = 'http://127.0.0.1:$port/hook/{topic}'
-outbox.enabled = off
-$1
-EOF
-    if [[ -n $2 ]]; then
-        as_pg bash -c "ulimit -n $2 && exec '$bindir/pg_ctl' -D '$pg_data' -l '$work/server.log' -w start" >/dev/null
-    else
-        as_pg "$bindir/pg_ctl" -D "$pg_data" -l "$work/server.log" -w start >/dev/null
-    fi
-    psql_pg -c 'CREATE EXTENSION outbox'
+$1" "${2:-}"
 }
 
-# Save $1 messages (100 bytes of JSON each, 1000 keys) while the worker is off.
-save_messages() {
-    psql_pg -c "INSERT INTO outbox.messages (topic, payload, key)
-                SELECT 'orders', convert_to('$body', 'UTF8'), 'customer-' || (i % 1000)
-                FROM generate_series(1, $1) i" \
-            -c 'VACUUM ANALYZE outbox.messages'
-}
-
-# Switch the worker on and wait until nothing is pending; prints the
-# seconds from switch-on to the last processed_at.
-drain() {
-    local t0 left
-    t0=$(psql_pg -c "ALTER SYSTEM SET outbox.enabled = on" -c "SELECT pg_reload_conf()" \
-                 -c "SELECT clock_timestamp()" | tail -n 1)
-    while :; do
-        left=$(psql_pg -c "SELECT count(*) FROM outbox.messages WHERE status IN ('pending', 'processing')")
-        [[ $left == 0 ]] && break
-        sleep 0.2
-    done
-    psql_pg -c "SELECT extract(epoch FROM max(processed_at) - '$t0'::timestamptz) FROM outbox.messages"
-}
-
-worker_pid() {
-    psql_pg -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'outbox worker'"
-}
-
-start_cluster "${EXTRA_CONF:-}" ""
-save_messages "$MESSAGES"
+start_cluster "${EXTRA_CONF:-}"
+save_backlog "$MESSAGES"
 requests_before=$(nginx_requests)
 wpid=$(worker_pid)
 cpu_before=$(cpu_seconds "$wpid")
-seconds=$(drain)
+seconds=$(drain_seconds)
 cpu_after=$(cpu_seconds "$wpid")
 requests_after=$(nginx_requests)
 processed=$(psql_pg -c "SELECT count(*) FROM outbox.messages WHERE status = 'processed'")
@@ -208,15 +142,15 @@ worker_us=$(python3 -c "print(round(($cpu_after - $cpu_before) / $MESSAGES * 1e6
 worker_cpu_share=$(python3 -c "print(round(($cpu_after - $cpu_before) / $seconds * 100))")
 wrk_us=$(python3 -c "print(round($wrk_cpu / $wrk_total * 1e6, 1))")
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-as_pg "$bindir/pg_ctl" -D "$pg_data" -m fast -w stop >/dev/null
+stop_bench_cluster fast
 
 # ------------------------------------------------------------------ descriptor bound
 start_cluster "outbox.batch_size = 10000
 outbox.http_max_concurrency = 1000" 1024
-save_messages "$FD_MESSAGES"
+save_backlog "$FD_MESSAGES"
 wpid=$(worker_pid)
 limit=$(awk '/Max open files/ { print $4 }' "/proc/$wpid/limits")
-psql_pg -c "ALTER SYSTEM SET outbox.enabled = on" -c "SELECT pg_reload_conf()" >/dev/null
+set_enabled on
 max_fds=0
 while :; do
     n=$(ls "/proc/$wpid/fd" 2>/dev/null | wc -l)

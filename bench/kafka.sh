@@ -58,20 +58,11 @@ if [[ ! -x $mock ]]; then
 fi
 [[ $(id -u) -eq 0 ]] || { echo "bench/kafka.sh: run as root (the cluster runs as postgres)" >&2; exit 1; }
 
-work=$(mktemp -d /tmp/outbox-bench-kafka.XXXXXX)
-chmod 0755 "$work"
-mkdir "$work/sock"
-chown postgres: "$work" "$work/sock"
-pg_data=$work/data
+bench_work kafka
 mock_pid=
 
-as_pg() { runuser -u postgres -- "$@"; }
-psql_pg() { as_pg "$bindir/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$work/sock" -p 5432 -d postgres "$@"; }
-
 cleanup() {
-    if [[ -f $pg_data/postmaster.pid ]]; then
-        as_pg "$bindir/pg_ctl" -D "$pg_data" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
+    stop_bench_cluster
     if [[ -n $mock_pid ]]; then
         kill "$mock_pid" 2>/dev/null || true
         wait "$mock_pid" 2>/dev/null || true
@@ -93,83 +84,44 @@ mock_count() {
 }
 
 # ------------------------------------------------------------------ cluster
-as_pg "$bindir/initdb" -D "$pg_data" -A trust -E UTF8 --locale=C --no-sync >/dev/null
-cat >>"$pg_data/postgresql.conf" <<EOF
-listen_addresses = ''
-unix_socket_directories = '$work/sock'
-port = 5432
-shared_buffers = 256MB
-max_wal_size = 4GB
-shared_preload_libraries = 'outbox, outbox_kafka'
-outbox.databases = 'postgres'
-outbox.publisher = 'kafka'
+start_bench_cluster 'outbox, outbox_kafka' "outbox.publisher = 'kafka'
 outbox.kafka_brokers = '$bootstrap'
 outbox.kafka_properties = '${KAFKA_PROPERTIES:-}'
-outbox.enabled = off
-outbox.batch_size = ${BATCH_SIZE:-100}
-EOF
-as_pg "$bindir/pg_ctl" -D "$pg_data" -l "$work/server.log" -w start >/dev/null
-psql_pg -c 'CREATE EXTENSION outbox'
-
-body='{"order_id": 123456, "customer": "c-0042", "amount": 19.99, "currency": "EUR", "items": [1, 2, 3]}'
-
-# Empty the outbox and save the backlog while the worker is off.
-save_backlog() {
-    psql_pg -c "TRUNCATE outbox.messages" \
-            -c "INSERT INTO outbox.messages (topic, payload, key)
-                SELECT 'orders', convert_to('$body', 'UTF8'), 'customer-' || (i % 1000)
-                FROM generate_series(1, $MESSAGES) i" \
-            -c 'VACUUM ANALYZE outbox.messages'
-}
-
-# Switch the worker on, wait until nothing is left, switch it off; prints
-# the seconds from switch-on to the last processed_at.
-drain() {
-    local t0 left seconds
-    t0=$(psql_pg -c "ALTER SYSTEM SET outbox.enabled = on" -c "SELECT pg_reload_conf()" \
-                 -c "SELECT clock_timestamp()" | tail -n 1)
-    while :; do
-        left=$(psql_pg -c "SELECT count(*) FROM outbox.messages WHERE status IN ('pending', 'processing')")
-        [[ $left == 0 ]] && break
-        sleep 0.2
-    done
-    seconds=$(psql_pg -c "SELECT extract(epoch FROM max(processed_at) - '$t0'::timestamptz) FROM outbox.messages")
-    psql_pg -c "ALTER SYSTEM SET outbox.enabled = off" -c "SELECT pg_reload_conf()" >/dev/null
-    echo "$seconds"
-}
+outbox.batch_size = ${BATCH_SIZE:-100}"
 
 # RUNS drains with the current publisher: prints "rate rate ..." (messages/s).
 runs() {
     local i seconds bad rates=()
     for (( i = 0; i < RUNS; i++ )); do
-        save_backlog
-        seconds=$(drain)
+        save_backlog "$MESSAGES"
+        seconds=$(drain_seconds)
+        set_enabled off
         bad=$(psql_pg -c "SELECT count(*) FROM outbox.messages WHERE status <> 'processed' OR retries > 0")
-        not_ok=$(( not_ok + bad ))
+        echo "$bad" >>"$work/not_ok"    # (runs in a subshell: a variable would be lost)
         rates+=("$(python3 -c "print(round($MESSAGES / $seconds))")")
     done
     echo "${rates[*]}"
 }
-median() { tr ' ' '\n' <<<"$1" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-not_ok=0
+# Messages of the runs so far that failed or were retried.
+not_ok() { awk '{ n += $1 } END { print n + 0 }' "$work/not_ok" 2>/dev/null || echo 0; }
 count_before=$(mock_count)
 kafka_rates=$(runs)
 count_after=$(mock_count)
-kafka_not_ok=$not_ok
+kafka_not_ok=$(not_ok)
+rm -f "$work/not_ok"
 received=$(( count_after - count_before ))
 
 psql_pg -c "ALTER SYSTEM SET outbox.publisher = 'notify'" -c "SELECT pg_reload_conf()" >/dev/null
-not_ok=0
 notify_rates=$(runs)
-notify_not_ok=$not_ok
+notify_not_ok=$(not_ok)
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-as_pg "$bindir/pg_ctl" -D "$pg_data" -m fast -w stop >/dev/null
+stop_bench_cluster fast
 echo quit >&"${MOCK[1]}"
 
-kafka_median=$(median "$kafka_rates")
-notify_median=$(median "$notify_rates")
+kafka_median=$(tr ' ' '\n' <<<"$kafka_rates" | median)
+notify_median=$(tr ' ' '\n' <<<"$notify_rates" | median)
 ratio=$(python3 -c "print(f'{$kafka_median / $notify_median * 100:.0f}')")
 
 report=$(cat <<EOF

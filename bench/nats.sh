@@ -49,20 +49,12 @@ nats_js=$here/../test/brokers/nats_js
 [[ -x $nats_js ]] || make -s -C "$here/../test/brokers" BROKERS=nats nats_js >/dev/null
 [[ $(id -u) -eq 0 ]] || { echo "bench/nats.sh: run as root (the cluster runs as postgres)" >&2; exit 1; }
 
-work=$(mktemp -d /tmp/outbox-bench-nats.XXXXXX)
-chmod 0755 "$work"
-mkdir "$work/sock" "$work/nats"
-chown postgres: "$work" "$work/sock"
+bench_work nats
+mkdir "$work/nats"
 nats_pid=
-pg_data=
-
-as_pg() { runuser -u postgres -- "$@"; }
-psql_pg() { as_pg "$bindir/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$work/sock" -p 5432 -d postgres "$@"; }
 
 cleanup() {
-    if [[ -n $pg_data && -f $pg_data/postmaster.pid ]]; then
-        as_pg "$bindir/pg_ctl" -D "$pg_data" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
+    stop_bench_cluster
     if [[ -n $nats_pid ]]; then
         kill "$nats_pid" 2>/dev/null || true
         wait "$nats_pid" 2>/dev/null || true
@@ -70,14 +62,6 @@ cleanup() {
     rm -rf -- "$work"
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-cpu_seconds() {
-    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
-}
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 # ------------------------------------------------------------------ nats-server
 port=$(free_port)
@@ -88,71 +72,20 @@ url=nats://127.0.0.1:$port
 "$nats_js" "$url" add-stream BENCH 'bench.>' 1
 
 # ------------------------------------------------------------------ cluster
-pg_data=$work/data
-as_pg "$bindir/initdb" -D "$pg_data" -A trust -E UTF8 --locale=C --no-sync >/dev/null
-cat >>"$pg_data/postgresql.conf" <<EOF
-listen_addresses = ''
-unix_socket_directories = '$work/sock'
-port = 5432
-shared_buffers = 256MB
-max_wal_size = 4GB
-shared_preload_libraries = 'outbox, outbox_nats'
-outbox.databases = 'postgres'
-outbox.publisher = 'nats'
+start_bench_cluster 'outbox, outbox_nats' "outbox.publisher = 'nats'
 outbox.nats_url = '$url'
 outbox.nats_subject = 'bench.{topic}'
 outbox.nats_max_pending = $MAX_PENDING
-outbox.batch_size = $BATCH_SIZE
-outbox.enabled = off
-EOF
-as_pg "$bindir/pg_ctl" -D "$pg_data" -l "$work/server.log" -w start >/dev/null
-psql_pg -c 'CREATE EXTENSION outbox'
-
-body='{"order_id": 123456, "customer": "c-0042", "amount": 19.99, "currency": "EUR", "items": [1, 2, 3]}'
-
-save_messages() {
-    psql_pg -c "INSERT INTO outbox.messages (topic, payload, key)
-                SELECT 'orders', convert_to('$body', 'UTF8'), 'customer-' || (i % 1000)
-                FROM generate_series(1, $1) i" \
-            -c 'VACUUM ANALYZE outbox.messages'
-}
-
-set_enabled() {
-    psql_pg -c "ALTER SYSTEM SET outbox.enabled = $1" -c "SELECT pg_reload_conf()" >/dev/null
-}
-
-# Switch the worker on, wait until nothing is pending, print the seconds
-# from switch-on to the last processed_at.
-drain() {
-    local t0 left
-    t0=$(psql_pg -c "ALTER SYSTEM SET outbox.enabled = on" -c "SELECT pg_reload_conf()" \
-                 -c "SELECT clock_timestamp()" | tail -n 1)
-    while :; do
-        left=$(psql_pg -c "SELECT count(*) FROM outbox.messages WHERE status IN ('pending', 'processing')")
-        [[ $left == 0 ]] && break
-        sleep 0.2
-    done
-    psql_pg -c "SELECT extract(epoch FROM max(processed_at) - '$t0'::timestamptz) FROM outbox.messages"
-}
-
-worker_pid() {
-    local pid=
-    for _ in $(seq 100); do
-        pid=$(psql_pg -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'outbox worker'")
-        [[ -n $pid ]] && break
-        sleep 0.1
-    done
-    echo "$pid"
-}
+outbox.batch_size = $BATCH_SIZE"
 
 # run PUBLISHER: one timed drain; prints "rate cpu_us_per_message"
 run() {
     local publisher=$1 seconds wpid cpu0 cpu1 processed stored
     psql_pg -c "ALTER SYSTEM SET outbox.publisher = '$publisher'" -c "SELECT pg_reload_conf()" >/dev/null
-    save_messages "$MESSAGES"
+    save_backlog "$MESSAGES"
     wpid=$(worker_pid)
     cpu0=$(cpu_seconds "$wpid")
-    seconds=$(drain)
+    seconds=$(drain_seconds)
     cpu1=$(cpu_seconds "$wpid")
     set_enabled off
     processed=$(psql_pg -c "SELECT count(*) FROM outbox.messages WHERE status = 'processed' AND retries = 0")
@@ -165,7 +98,6 @@ run() {
         "$nats_js" "$url" delete-stream BENCH
         "$nats_js" "$url" add-stream BENCH 'bench.>' 1
     fi
-    psql_pg -c 'TRUNCATE outbox.messages' >/dev/null
     python3 -c "print(round($MESSAGES / $seconds), round(($cpu1 - $cpu0) / $MESSAGES * 1e6, 1), round($seconds, 2))"
 }
 
@@ -182,7 +114,7 @@ nats_rate=$(printf '%s\n' "${nats_lines[@]}" | awk '{ print $1 }' | median)
 notify_rate=$(printf '%s\n' "${notify_lines[@]}" | awk '{ print $1 }' | median)
 nats_us=$(printf '%s\n' "${nats_lines[@]}" | awk '{ print $2 }' | median)
 notify_us=$(printf '%s\n' "${notify_lines[@]}" | awk '{ print $2 }' | median)
-as_pg "$bindir/pg_ctl" -D "$pg_data" -m fast -w stop >/dev/null
+stop_bench_cluster fast
 
 cat <<EOF
 ## NATS publisher: messages/s into JetStream
