@@ -44,6 +44,7 @@ char	   *outbox_role = NULL;
 char	   *outbox_publisher_name = NULL;
 int			outbox_poll_interval = 1000;
 int			outbox_batch_size = 100;
+int			outbox_batch_max_bytes = 16 * 1024;
 int			outbox_max_retries = 5;
 int			outbox_retry_backoff = 1000;
 int			outbox_retry_backoff_max = 300000;
@@ -224,6 +225,15 @@ define_settings(void)
 							100, 1, 10000,
 							PGC_SIGHUP,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("outbox.batch_max_bytes",
+							"Payload bytes after which a batch takes no more messages.",
+							"A batch always takes at least one message, however large.",
+							&outbox_batch_max_bytes,
+							16 * 1024, 64, 1024 * 1024,
+							PGC_SIGHUP,
+							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("outbox.max_retries",

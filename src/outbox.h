@@ -41,6 +41,7 @@ extern char *outbox_role;
 extern char *outbox_publisher_name;
 extern int	outbox_poll_interval;
 extern int	outbox_batch_size;
+extern int	outbox_batch_max_bytes;
 extern int	outbox_max_retries;
 extern int	outbox_retry_backoff;
 extern int	outbox_retry_backoff_max;
@@ -100,6 +101,7 @@ extern void outbox_wake_worker_at_commit(void);
 typedef struct OutboxBatch
 {
 	int			ncandidates;	/* due messages found, before the key guard */
+	bool		bytes_reached;	/* the byte limit ended it: more may be due */
 	int			capacity;		/* room in the arrays */
 	int			nmessages;
 	OutboxMessage *messages;	/* in id order */
@@ -107,7 +109,7 @@ typedef struct OutboxBatch
 	TupleDesc	tupdesc;
 } OutboxBatch;
 
-extern void outbox_store_claim(int max_messages, bool ordered_by_key,
+extern void outbox_store_claim(int max_messages, int64 max_bytes, bool ordered_by_key,
 							   bool set_processing, OutboxBatch *batch);
 extern int	outbox_store_mark_processed(const pg_uuid_t *ids, int nids);
 extern const char *outbox_store_mark_failed(const pg_uuid_t *id, const char *error,

@@ -10,15 +10,22 @@
  * Message data only ever travels as parameters, never inside SQL text.
  *
  * Claiming is one short transaction:
- *	1. lock up to N due pending messages in id order with FOR UPDATE SKIP
- *	   LOCKED; under per-key ordering only those whose key's oldest
- *	   unfinished message is itself pending and due;
- *	2. drop those a relay worker is publishing (see below);
- *	3. under per-key ordering, keep of each key only the run of candidates
- *	   that are exactly the key's oldest unfinished messages, so a message
- *	   skipped because someone else locked it or a worker is publishing it,
- *	   or one still in backoff, holds back every later message of its key;
+ *	1. read the pending messages in id order from the oldest, without
+ *	   locking them (under outbox.ordering = 'none' only the due ones), all
+ *	   on one snapshot;
+ *	2. choose the due ones whose key nothing holds back, until the batch's
+ *	   payloads reach the byte limit: under per-key ordering a message not
+ *	   due holds back the later messages of its key, and so do the keys of
+ *	   external relays' claims;
+ *	3. lock the chosen rows by address with FOR UPDATE SKIP LOCKED, and
+ *	   keep those locked and not in a relay worker's batch in flight (see
+ *	   below); under per-key ordering one not kept (locked by someone else,
+ *	   changed since it was read, in flight) holds back its key too;
  *	4. for outbox.fetch_pending, set the kept ones to processing.
+ * Steps 1-3 repeat, reading more rows each time, while held-back messages
+ * fill the reads.  Because the reads start at the oldest pending message,
+ * a message is its key's oldest unfinished one exactly when nothing of its
+ * key was read before it that can not be claimed: no lookup per key.
  *
  * Two ways to hold a claimed message while it is published, without a
  * transaction open across network I/O:
@@ -61,25 +68,27 @@ PG_FUNCTION_INFO_V1(outbox_mark_failed);
 PG_FUNCTION_INFO_V1(outbox_retry_failed);
 
 /*
- * A claim under outbox.ordering = 'none': up to $1 due pending messages in
- * id order, locked.  $2 = now.
- */
-#define CLAIM_NONE_SQL \
-	"SELECT m.* FROM outbox.messages m " \
-	"WHERE m.status = 'pending' AND m.next_attempt_at <= $2 " \
-	"ORDER BY m.id LIMIT $1 FOR UPDATE OF m SKIP LOCKED"
-
-/*
- * Under per-key ordering a claim first reads, without locking, the next $1
- * pending messages in id order, due or not, after id $3 and of none of the
- * keys $4 already held back; $2 = now.  Read from the very first pending
- * message and all on one snapshot, they tell which messages are their
- * key's oldest unfinished ones, with no lookup per key.
+ * A claim first reads, without locking, the next $1 pending messages in id
+ * order, due or not, after id $3 and of none of the keys $4 already held
+ * back; $2 = now.  Read from the very first pending message and all on one
+ * snapshot, they tell which messages are their key's oldest unfinished
+ * ones, with no lookup per key.
  */
 #define CLAIM_SCAN_SQL \
-	"SELECT m.ctid, m.id, m.key, m.next_attempt_at <= $2 AS due FROM outbox.messages m " \
+	"SELECT m.ctid, m.id, m.key, m.next_attempt_at <= $2 AS due, " \
+	"octet_length(m.payload) AS bytes FROM outbox.messages m " \
 	"WHERE m.status = 'pending' AND m.id > $3 AND m.key <> ALL ($4) " \
 	"ORDER BY m.id LIMIT $1"
+
+/*
+ * Under outbox.ordering = 'none' only the due messages matter: the same
+ * scan without the messages not due.  ($4 is always empty here.)
+ */
+#define CLAIM_SCAN_DUE_SQL \
+	"SELECT m.ctid, m.id, m.key, true AS due, " \
+	"octet_length(m.payload) AS bytes FROM outbox.messages m " \
+	"WHERE m.status = 'pending' AND m.next_attempt_at <= $2 AND m.id > $3 " \
+	"AND m.key <> ALL ($4) ORDER BY m.id LIMIT $1"
 
 /* Keys held back by an external relay's claim. */
 #define CLAIM_PROCESSING_KEYS_SQL \
@@ -104,7 +113,7 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 #define CLAIM_MAX_ROUNDS 8
 #define CLAIM_MAX_SCAN_ROWS 10000
 
-/* Step 3; $1 = ids, $2 = now, $3 = claimer's pid. */
+/* Step 4 (outbox.fetch_pending); $1 = ids, $2 = now, $3 = claimer's pid. */
 #define CLAIM_MARK_SQL \
 	"WITH claimed AS (UPDATE outbox.messages SET status = 'processing', " \
 	"  claimed_at = $2, claimed_by = $3 WHERE id = ANY($1) RETURNING *) " \
@@ -167,8 +176,8 @@ typedef struct StorePlan
 	SPIPlanPtr	plan;
 } StorePlan;
 
-static StorePlan claim_none_plan;
 static StorePlan claim_scan_plan;
+static StorePlan claim_scan_due_plan;
 static StorePlan claim_processing_keys_plan;
 static StorePlan claim_lock_plan;
 static StorePlan claim_mark_plan;
@@ -377,31 +386,6 @@ is_inflight(const InflightRanges *ranges, const pg_uuid_t *id)
 }
 
 /*
- * Keep of batch->messages[first..] the messages no relay worker is
- * publishing, in id order, compacted in place.
- */
-static void
-drop_inflight(OutboxBatch *batch, int first)
-{
-	InflightRanges ranges;
-	int			kept = first;
-	int			i;
-
-	load_inflight_ranges(&ranges);
-	if (ranges.nranges == 0)
-		return;
-	for (i = first; i < batch->nmessages; i++)
-	{
-		if (is_inflight(&ranges, &batch->messages[i].id))
-			continue;
-		batch->messages[kept] = batch->messages[i];
-		batch->tuples[kept] = batch->tuples[i];
-		kept++;
-	}
-	batch->nmessages = kept;
-}
-
-/*
  * A keyed claim's state of one key: whether a message of the key was met
  * that can not be claimed (not due, locked by someone else, changed, in
  * flight, or claimed by an external relay), which holds back every later
@@ -506,19 +490,25 @@ typedef struct ScannedMessage
 	pg_uuid_t	id;
 	char	   *key;
 	bool		due;
+	int64		bytes;			/* of the payload */
 	bool		chosen;			/* to be locked */
 } ScannedMessage;
 
 /*
- * Claim under per-key ordering, appending to batch: scan the pending
- * messages in id order, choose the due ones whose key nothing holds back,
- * lock them, and keep those locked, in no relay worker's batch in flight,
- * and still an unbroken run of their key's oldest unfinished messages.
+ * Claim, appending to batch: scan the pending messages in id order, choose
+ * the due ones whose key nothing holds back (until their payloads reach
+ * max_bytes, when not 0), lock them, and keep those locked and in no relay
+ * worker's batch in flight.  Under per-key ordering (ordered) a message is
+ * kept only in an unbroken run of its key's oldest unfinished messages;
+ * otherwise every message is treated as keyless, and the scan reads only
+ * due ones.
  */
 static void
-claim_keyed(int max_messages, TimestampTz now, MemoryContext caller,
-			OutboxBatch *batch)
+claim_messages(int max_messages, int64 max_bytes, bool ordered, TimestampTz now,
+			   MemoryContext caller, OutboxBatch *batch)
 {
+	int64		chosen_bytes = 0;
+	bool		bytes_reached = false;
 	KeyedClaim	claim;
 	HASHCTL		ctl;
 	pg_uuid_t	after;
@@ -537,7 +527,8 @@ claim_keyed(int max_messages, TimestampTz now, MemoryContext caller,
 	claim.snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	memset(&after, 0, sizeof(after));
 
-	hold_back_processing_keys(&claim);
+	if (ordered)
+		hold_back_processing_keys(&claim);
 
 	for (round = 0; round < CLAIM_MAX_ROUNDS && batch->nmessages < max_messages; round++)
 	{
@@ -562,7 +553,9 @@ claim_keyed(int max_messages, TimestampTz now, MemoryContext caller,
 		args[1] = TimestampTzGetDatum(now);
 		args[2] = UUIDPGetDatum(&after);
 		args[3] = PointerGetDatum(key_array(claim.held_back));
-		ret = SPI_execute_snapshot(store_plan(&claim_scan_plan, CLAIM_SCAN_SQL, 4, scan_types),
+		ret = SPI_execute_snapshot(ordered ?
+								   store_plan(&claim_scan_plan, CLAIM_SCAN_SQL, 4, scan_types) :
+								   store_plan(&claim_scan_due_plan, CLAIM_SCAN_DUE_SQL, 4, scan_types),
 								   args, NULL, claim.snapshot, InvalidSnapshot,
 								   true, false, 0);
 		if (ret != SPI_OK_SELECT)
@@ -581,8 +574,9 @@ claim_keyed(int max_messages, TimestampTz now, MemoryContext caller,
 
 			ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tuple, tupdesc, 1, &isnull)), &m->ctid);
 			memcpy(&m->id, DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, 2, &isnull)), sizeof(pg_uuid_t));
-			m->key = TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 3, &isnull));
+			m->key = ordered ? TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 3, &isnull)) : "";
 			m->due = DatumGetBool(SPI_getbinval(tuple, tupdesc, 4, &isnull));
+			m->bytes = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 5, &isnull));
 			if (m->due)
 				batch->ncandidates++;
 
@@ -602,8 +596,15 @@ claim_keyed(int max_messages, TimestampTz now, MemoryContext caller,
 				else if (!state->held_back)
 					m->chosen = true;
 			}
+			/* The byte limit reached, nothing more is chosen. */
+			if (m->chosen && bytes_reached)
+				m->chosen = false;
 			if (m->chosen)
+			{
 				chosen_ctids[nchosen++] = PointerGetDatum(&m->ctid);
+				chosen_bytes += m->bytes;
+				bytes_reached = max_bytes > 0 && chosen_bytes >= max_bytes;
+			}
 		}
 		after = scanned[nscanned - 1].id;
 		SPI_freetuptable(SPI_tuptable);
@@ -666,8 +667,9 @@ claim_keyed(int max_messages, TimestampTz now, MemoryContext caller,
 		batch->nmessages = kept;
 
 next_round:
+		batch->bytes_reached = bytes_reached;
 		/* Go on only when held-back messages filled this scan. */
-		if (nscanned < limit)
+		if (nscanned < limit || bytes_reached)
 			break;
 		limit = Min(limit * 2, CLAIM_MAX_SCAN_ROWS);
 	}
@@ -676,8 +678,9 @@ next_round:
 
 /*
  * Claim up to max_messages due messages in id order, within the current
- * transaction, into batch (allocated in the caller's memory context).
- * Messages in a relay worker's in-flight batch are never claimed.  With
+ * transaction, into batch (allocated in the caller's memory context); with
+ * max_bytes not 0, no more once their payloads reach max_bytes (but always
+ * one).  Messages in a relay worker's in-flight batch are never claimed.  With
  * set_processing (outbox.fetch_pending), the claimed rows become
  * processing, owned by this backend, and batch->tuples hold them as
  * updated; without it (the relay worker) they stay pending but locked
@@ -685,37 +688,22 @@ next_round:
  * committing, and otherwise the worker records them in flight.
  */
 void
-outbox_store_claim(int max_messages, bool ordered_by_key, bool set_processing,
-				   OutboxBatch *batch)
+outbox_store_claim(int max_messages, int64 max_bytes, bool ordered_by_key,
+				   bool set_processing, OutboxBatch *batch)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	TimestampTz now = GetCurrentTimestamp();
-	Datum		args[3];
-	int			ret;
 
 	init_batch(batch, caller);
 	store_connect();
-	if (ordered_by_key)
-		claim_keyed(max_messages, now, caller, batch);
-	else
-	{
-		Oid			argtypes[2] = {INT4OID, TIMESTAMPTZOID};
-
-		args[0] = Int32GetDatum(max_messages);
-		args[1] = TimestampTzGetDatum(now);
-		ret = SPI_execute_plan(store_plan(&claim_none_plan, CLAIM_NONE_SQL, 2, argtypes),
-							   args, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
-		batch->ncandidates = (int) SPI_processed;
-		collect_messages(SPI_tuptable, SPI_processed, caller, batch);
-		drop_inflight(batch, 0);
-	}
+	claim_messages(max_messages, max_bytes, ordered_by_key, now, caller, batch);
 
 	if (set_processing && batch->nmessages > 0)
 	{
 		pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * batch->nmessages);
 		Oid			markargtypes[3] = {UUIDARRAYOID, TIMESTAMPTZOID, INT4OID};
+		Datum		args[3];
+		int			ret;
 		int			i;
 
 		for (i = 0; i < batch->nmessages; i++)
@@ -967,7 +955,7 @@ outbox_fetch_pending(PG_FUNCTION_ARGS)
 	if (max_messages == 0)
 		PG_RETURN_NULL();
 
-	outbox_store_claim(max_messages, outbox_ordering == OUTBOX_ORDERING_KEY,
+	outbox_store_claim(max_messages, 0, outbox_ordering == OUTBOX_ORDERING_KEY,
 					   true, &batch);
 	for (i = 0; i < batch.nmessages; i++)
 	{

@@ -409,9 +409,10 @@ relay_batch(TimestampTz *next_due)
 	begin_store_transaction("claiming outbox messages");
 	/* The batch must outlive the claiming transaction. */
 	MemoryContextSwitchTo(batch_context);
-	outbox_store_claim(outbox_batch_size, outbox_ordering == OUTBOX_ORDERING_KEY,
-					   false, batch);
-	full = batch->ncandidates >= outbox_batch_size && batch->nmessages > 0;
+	outbox_store_claim(outbox_batch_size, (int64) outbox_batch_max_bytes * 1024,
+					   outbox_ordering == OUTBOX_ORDERING_KEY, false, batch);
+	full = (batch->ncandidates >= outbox_batch_size || batch->bytes_reached) &&
+		batch->nmessages > 0;
 	if (batch->ncandidates == 0)
 		*next_due = outbox_store_next_due();
 
