@@ -154,6 +154,15 @@ extern PGDLLEXPORT void OutboxPublisherClearProblem(OutboxProblem *problem);
 extern PGDLLEXPORT void OutboxPublisherBlockSignals(sigset_t *saved);
 
 /*
+ * Keep the value of a secret setting (its full name, "outbox.x_secret") out
+ * of the server log; call it from the publisher's emit_log_hook.  The
+ * message "parameter ... changed to ..." keeps only the name, and a
+ * statement that mentions the setting (log_statement, or the STATEMENT
+ * line of an error) is not shown.
+ */
+extern PGDLLEXPORT void OutboxPublisherRedactSetting(ErrorData *edata, const char *setting);
+
+/*
  * Append len bytes of s to buf for an error text (last_error, the log):
  * printable ASCII as is, multibyte characters as is when they are valid
  * UTF-8 in a UTF-8 database, line breaks and tabs as spaces when flatten is

@@ -11,7 +11,7 @@
  *
  * It also holds the helpers outbox_publisher.h offers publishers: a
  * problem logged once, signals blocked around a client library's threads,
- * error texts made printable.
+ * secret settings kept out of the log, error texts made printable.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -25,6 +25,7 @@
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "tcop/tcopprot.h"
 #include "utils/memutils.h"
 
 #include "outbox.h"
@@ -155,6 +156,48 @@ OutboxPublisherBlockSignals(sigset_t *saved)
 	sigaddset(&block, SIGURG);
 	sigaddset(&block, SIGPIPE);
 	pthread_sigmask(SIG_BLOCK, &block, saved);
+}
+
+/* Whether haystack contains needle, ignoring ASCII case. */
+static bool
+contains_ignoring_case(const char *haystack, const char *needle)
+{
+	size_t		n = strlen(needle);
+
+	for (; *haystack; haystack++)
+	{
+		if (pg_strncasecmp(haystack, needle, n) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Keep a secret setting's value out of the server log.  Public API
+ * (outbox_publisher.h).  The changed-parameter message is recognized by its
+ * untranslated format, and the name is looked for without regard to case
+ * (it is spelled as in the configuration file or the statement); statements
+ * are matched on the name without its "outbox." prefix, so that quoting the
+ * two parts apart does not let one through.
+ */
+void
+OutboxPublisherRedactSetting(ErrorData *edata, const char *setting)
+{
+	const char *dot = strchr(setting, '.');
+	const char *bare = dot ? dot + 1 : setting;
+
+	if (edata->message_id != NULL && edata->message != NULL)
+	{
+		if (strcmp(edata->message_id, "parameter \"%s\" changed to \"%s\"") == 0 &&
+			contains_ignoring_case(edata->message, setting))
+			edata->message = psprintf("parameter \"%s\" changed", setting);
+		else if (strncmp(edata->message_id, "statement: ", 11) == 0 &&
+				 contains_ignoring_case(edata->message, bare))
+			edata->message = psprintf("statement: (a statement mentioning %s, not shown)",
+									  setting);
+	}
+	if (debug_query_string != NULL && contains_ignoring_case(debug_query_string, bare))
+		edata->hide_stmt = true;
 }
 
 /*

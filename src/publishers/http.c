@@ -153,35 +153,15 @@ check_http_url(char **newval, void **extra, GucSource source)
 	return false;
 }
 
-/* Whether haystack contains needle, ignoring ASCII case. */
-static bool
-contains_ignoring_case(const char *haystack, const char *needle)
-{
-	size_t		n = strlen(needle);
-
-	for (; *haystack; haystack++)
-	{
-		if (pg_strncasecmp(haystack, needle, n) == 0)
-			return true;
-	}
-	return false;
-}
-
 /*
- * A changed setting is logged by PostgreSQL with its new value ("parameter
- * ... changed to ..."), by the postmaster at LOG.  For the signing secret
- * that would put the secret in the server log: keep the message but drop
- * the value.  The message is recognized by its untranslated format; the
- * name in it is spelled as in the configuration file, so it is looked for
- * without regard to case.
+ * A changed setting is logged by PostgreSQL with its new value, and
+ * statements that set it may be logged: keep the signing secret out of the
+ * server log.
  */
 static void
 redact_secret_in_log(ErrorData *edata)
 {
-	if (edata->message_id != NULL && edata->message != NULL &&
-		strcmp(edata->message_id, "parameter \"%s\" changed to \"%s\"") == 0 &&
-		contains_ignoring_case(edata->message, "outbox.http_signing_secret"))
-		edata->message = pstrdup("parameter \"outbox.http_signing_secret\" changed");
+	OutboxPublisherRedactSetting(edata, "outbox.http_signing_secret");
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }

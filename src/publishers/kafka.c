@@ -191,20 +191,6 @@ now_ms(void)
 	return (int64) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Whether haystack contains needle, ignoring ASCII case. */
-static bool
-contains_ignoring_case(const char *haystack, const char *needle)
-{
-	size_t		n = strlen(needle);
-
-	for (; *haystack; haystack++)
-	{
-		if (pg_strncasecmp(haystack, needle, n) == 0)
-			return true;
-	}
-	return false;
-}
-
 /* Whether c may appear in a property name (librdkafka's names). */
 static bool
 is_name_char(unsigned char c)
@@ -393,24 +379,12 @@ check_kafka_topic(char **newval, void **extra, GucSource source)
 /*
  * The server logs "parameter ... changed to ..." with the new value, and
  * statements setting a parameter (log_statement, or with an error): for
- * outbox.kafka_properties that would put secrets in the log.  Keep the
- * message, drop the value; hide statements that mention the setting.
+ * outbox.kafka_properties that would put secrets in the log.
  */
 static void
 redact_properties_in_log(ErrorData *edata)
 {
-	if (edata->message_id != NULL && edata->message != NULL)
-	{
-		if (strcmp(edata->message_id, "parameter \"%s\" changed to \"%s\"") == 0 &&
-			contains_ignoring_case(edata->message, "outbox.kafka_properties"))
-			edata->message = pstrdup("parameter \"outbox.kafka_properties\" changed");
-		else if (strncmp(edata->message_id, "statement: ", 11) == 0 &&
-				 contains_ignoring_case(edata->message, "kafka_properties"))
-			edata->message = pstrdup("statement: (a statement mentioning outbox.kafka_properties, not shown)");
-	}
-	if (debug_query_string != NULL &&
-		contains_ignoring_case(debug_query_string, "kafka_properties"))
-		edata->hide_stmt = true;
+	OutboxPublisherRedactSetting(edata, "outbox.kafka_properties");
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }

@@ -187,7 +187,16 @@ ok(OutboxTest::wait_processed($node, $whsec_id), 'whsec-signed message processed
 $r = request_of($whsec_id);
 ok(verify_signature($r, $key_bytes), 'whsec_ secret: signature verifies with the decoded key');
 
+# A statement that sets the secret, logged by log_statement, is not shown.
+my $statement_secret = 'secret-in-a-statement-4711';
+$node->safe_psql('postgres',
+	"SET log_statement = 'all'; ALTER SYSTEM SET outbox.http_signing_secret = '$statement_secret'; "
+	  . 'ALTER SYSTEM RESET outbox.http_signing_secret');
+
 my $log = slurp_file($node->logfile, $log_offset);
+unlike($log, qr/\Q$statement_secret\E/, 'a statement setting the secret is not logged');
+like($log, qr/statement: \(a statement mentioning outbox\.http_signing_secret, not shown\)/,
+	'the log says a statement was not shown');
 unlike($log, qr/\Q$secret\E/, 'the secret is not in the server log');
 unlike($log, qr/\Q$whsec\E/, 'the whsec secret is not in the server log');
 like($log, qr/parameter "outbox.http_signing_secret" changed/, 'its change is logged without the value');
