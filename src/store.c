@@ -106,7 +106,7 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 	"ORDER BY m.id FOR UPDATE OF m SKIP LOCKED"
 
 /*
- * Most scans per keyed claim, and the most rows one scan reads.  A scan is
+ * Most scans per claim, and the most rows one scan reads.  A scan is
  * repeated, reading twice as many rows, only when held-back messages filled
  * it; the keys held back are left out of the next.
  */
@@ -386,7 +386,7 @@ is_inflight(const InflightRanges *ranges, const pg_uuid_t *id)
 }
 
 /*
- * A keyed claim's state of one key: whether a message of the key was met
+ * A claim's state of one key: whether a message of the key was met
  * that can not be claimed (not due, locked by someone else, changed, in
  * flight, or claimed by an external relay), which holds back every later
  * message of the key.
@@ -414,17 +414,17 @@ key_state_match(const void *key1, const void *key2, Size keysize)
 	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
 }
 
-/* A keyed claim in progress. */
-typedef struct KeyedClaim
+/* A claim in progress. */
+typedef struct ClaimState
 {
 	HTAB	   *keys;			/* KeyState by key */
 	List	   *held_back;		/* text datums of the keys held back */
 	Snapshot	snapshot;		/* every scan of the claim reads this */
-} KeyedClaim;
+} ClaimState;
 
 /* The state of a key, created open when new. */
 static KeyState *
-key_state(KeyedClaim *claim, const char *key)
+key_state(ClaimState *claim, const char *key)
 {
 	bool		found;
 	KeyState   *state = hash_search(claim->keys, &key, HASH_ENTER, &found);
@@ -440,7 +440,7 @@ key_state(KeyedClaim *claim, const char *key)
 
 /* Hold back every later message of a key. */
 static void
-hold_back(KeyedClaim *claim, KeyState *state)
+hold_back(ClaimState *claim, KeyState *state)
 {
 	if (state->held_back)
 		return;
@@ -464,7 +464,7 @@ key_array(List *keys)
 
 /* Hold back the keys of the messages external relays have claimed. */
 static void
-hold_back_processing_keys(KeyedClaim *claim)
+hold_back_processing_keys(ClaimState *claim)
 {
 	int			ret;
 	uint64		i;
@@ -483,7 +483,7 @@ hold_back_processing_keys(KeyedClaim *claim)
 	}
 }
 
-/* One message read by a keyed claim's scan. */
+/* One message read by a claim's scan. */
 typedef struct ScannedMessage
 {
 	ItemPointerData ctid;
@@ -509,7 +509,7 @@ claim_messages(int max_messages, int64 max_bytes, bool ordered, TimestampTz now,
 {
 	int64		chosen_bytes = 0;
 	bool		bytes_reached = false;
-	KeyedClaim	claim;
+	ClaimState	claim;
 	HASHCTL		ctl;
 	pg_uuid_t	after;
 	int			limit = max_messages;
