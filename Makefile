@@ -4,11 +4,13 @@ EXTENSION = outbox
 MODULE_big = outbox
 OBJS = \
 	src/outbox.o \
+	src/shmem.o \
 	src/save.o \
 	src/store.o \
 	src/worker.o \
 	src/launcher.o \
 	src/publisher.o \
+	src/publishers/builtin.o \
 	src/publishers/envelope.o \
 	src/publishers/notify.o \
 	src/publishers/http.o \
@@ -31,9 +33,9 @@ SHLIB_LINK += -lcurl
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-# PGXS tracks no header dependencies: every object is rebuilt when a header
-# it includes changes (the shared-memory layout is in outbox.h).
-$(OBJS): src/outbox.h src/outbox_publisher.h
+# PGXS tracks no header dependencies: every object is rebuilt when one of
+# the project's headers changes.
+$(OBJS): $(wildcard src/*.h src/publishers/*.h)
 
 # ---------------------------------------------------------------- broker publishers
 

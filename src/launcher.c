@@ -14,8 +14,12 @@
  *	- a database that does not exist, or lacks the extension, is reported
  *	  once and checked again every EXTENSION_RECHECK_MS;
  *	- a commit that saved messages in a database without a running worker
- *	  asks for one (start_requested) and wakes the launcher;
+ *	  asks for one and wakes the launcher.  That cuts short only the wait
+ *	  for a database or an extension to appear (the commit shows both are
+ *	  there now), never a failing worker's restart delay nor a pause;
  *	- a DROP DATABASE pauses the database's worker (see outbox.c).
+ * The slots themselves, and the rule of one worker per slot, are in
+ * shared memory (shmem.c).
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -29,7 +33,6 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
-#include "utils/snapmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -38,11 +41,12 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
-#include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-#include "utils/varlena.h"
 
+#include "launcher.h"
 #include "outbox.h"
+#include "shmem.h"
 
 /* How often a database without the extension (or at all) is checked. */
 #define EXTENSION_RECHECK_MS	10000
@@ -60,6 +64,8 @@ typedef struct LauncherSlotState
 	BackgroundWorkerHandle *handle; /* NULL when not started by us */
 	TimestampTz started_at;
 	TimestampTz next_start;		/* not before this time */
+	bool		awaiting_install;	/* next_start only rechecks a database
+									 * or extension that was missing */
 	int			restart_delay_ms;
 	bool		database_missing;	/* reported once */
 	bool		register_failed;	/* reported once */
@@ -82,53 +88,6 @@ outbox_register_launcher(void)
 	snprintf(worker.bgw_name, BGW_MAXLEN, "outbox launcher");
 	snprintf(worker.bgw_type, BGW_MAXLEN, "outbox launcher");
 	RegisterBackgroundWorker(&worker);
-}
-
-/* Forget the launcher's latch when it exits. */
-static void
-detach_launcher(int code, Datum arg)
-{
-	SpinLockAcquire(&OutboxShared->mutex);
-	if (OutboxShared->launcher_pid == MyProcPid)
-	{
-		OutboxShared->launcher_pid = 0;
-		OutboxShared->launcher_latch = NULL;
-	}
-	SpinLockRelease(&OutboxShared->mutex);
-}
-
-/*
- * Fill the slots from outbox.databases.  A restarted launcher keeps the
- * slots as they are: workers started by its predecessor may still run.
- */
-static void
-fill_slots(void)
-{
-	char	   *rawstring = pstrdup(outbox_databases);
-	List	   *names = NIL;
-
-	/* The check hook already accepted the value. */
-	if (!SplitIdentifierString(rawstring, ',', &names))
-		elog(ERROR, "invalid outbox.databases");
-
-	SpinLockAcquire(&OutboxShared->mutex);
-	if (OutboxShared->nslots == 0)
-	{
-		ListCell   *lc;
-		int			n = 0;
-
-		foreach(lc, names)
-		{
-			OutboxWorkerSlot *slot = &OutboxShared->slots[n++];
-
-			memset(slot, 0, sizeof(OutboxWorkerSlot));
-			strlcpy(slot->dbname, (char *) lfirst(lc), NAMEDATALEN);
-		}
-		OutboxShared->nslots = n;
-	}
-	SpinLockRelease(&OutboxShared->mutex);
-	list_free(names);
-	pfree(rawstring);
 }
 
 /*
@@ -210,21 +169,10 @@ static long
 tend_slot(int i, TimestampTz now)
 {
 	LauncherSlotState *state = &launcher_slots[i];
-	OutboxWorkerSlot *slot = &OutboxShared->slots[i];
-	char		dbname[NAMEDATALEN];
-	bool		start_requested;
-	bool		extension_missing;
-	TimestampTz paused_until;
-	pid_t		slot_pid;
+	OutboxSlotView view;
 	pid_t		pid;
 
-	SpinLockAcquire(&OutboxShared->mutex);
-	strlcpy(dbname, slot->dbname, NAMEDATALEN);
-	start_requested = slot->start_requested;
-	extension_missing = slot->extension_missing;
-	paused_until = slot->paused_until;
-	slot_pid = slot->pid;
-	SpinLockRelease(&OutboxShared->mutex);
+	outbox_shmem_view_slot(i, &view);
 
 	if (state->handle != NULL)
 	{
@@ -234,8 +182,11 @@ tend_slot(int i, TimestampTz now)
 		/* It stopped: schedule the next start. */
 		pfree(state->handle);
 		state->handle = NULL;
-		if (extension_missing)
+		if (outbox_shmem_take_exit_for_missing_extension(i))
+		{
 			state->next_start = TimestampTzPlusMilliseconds(now, EXTENSION_RECHECK_MS);
+			state->awaiting_install = true;
+		}
 		else
 		{
 			if (TimestampDifferenceExceeds(state->started_at, now, HEALTHY_RUN_MS))
@@ -245,43 +196,42 @@ tend_slot(int i, TimestampTz now)
 												  MIN_RESTART_DELAY_MS),
 											  MAX_RESTART_DELAY_MS);
 			state->next_start = TimestampTzPlusMilliseconds(now, state->restart_delay_ms);
+			state->awaiting_install = false;
 		}
 	}
-	else if (slot_pid != 0)
+	else if (view.pid != 0)
 		return EXTENSION_RECHECK_MS;	/* started by a previous launcher */
 
-	if (!start_requested)
-	{
-		if (paused_until > now)
-			return Max(1, (long) ((paused_until - now) / 1000));
-		if (state->next_start > now)
-			return Max(1, (long) ((state->next_start - now) / 1000));
-	}
+	if (view.paused_until > now)
+		return Max(1, (long) ((view.paused_until - now) / 1000));
 
-	if (!database_exists(dbname))
+	/*
+	 * A commit that saved messages shows that the database and the
+	 * extension exist: it ends a recheck wait, never a restart delay.
+	 */
+	if (outbox_shmem_take_start_request(i) && state->awaiting_install)
+		state->next_start = now;
+	if (state->next_start > now)
+		return Max(1, (long) ((state->next_start - now) / 1000));
+
+	if (!database_exists(view.dbname))
 	{
 		if (!state->database_missing)
 			ereport(LOG,
 					(errmsg("outbox launcher: database \"%s\" listed in outbox.databases does not exist",
-							dbname),
+							view.dbname),
 					 errhint("Create the database or remove it from outbox.databases; it is checked again every few seconds.")));
 		state->database_missing = true;
 		state->next_start = TimestampTzPlusMilliseconds(now, EXTENSION_RECHECK_MS);
-		SpinLockAcquire(&OutboxShared->mutex);
-		slot->start_requested = false;
-		SpinLockRelease(&OutboxShared->mutex);
+		state->awaiting_install = true;
 		return EXTENSION_RECHECK_MS;
 	}
 	state->database_missing = false;
 
-	SpinLockAcquire(&OutboxShared->mutex);
-	slot->start_requested = false;
-	SpinLockRelease(&OutboxShared->mutex);
-
-	if (!start_worker(i, dbname))
+	if (!start_worker(i, view.dbname))
 	{
 		state->next_start = TimestampTzPlusMilliseconds(now, EXTENSION_RECHECK_MS);
-		return EXTENSION_RECHECK_MS;
+		state->awaiting_install = false;
 	}
 	return EXTENSION_RECHECK_MS;
 }
@@ -297,13 +247,7 @@ outbox_launcher_main(Datum main_arg)
 	/* No database: the launcher reads only the shared catalog. */
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
-	SpinLockAcquire(&OutboxShared->mutex);
-	OutboxShared->launcher_pid = MyProcPid;
-	OutboxShared->launcher_latch = MyLatch;
-	SpinLockRelease(&OutboxShared->mutex);
-	before_shmem_exit(detach_launcher, (Datum) 0);
-
-	fill_slots();
+	outbox_shmem_attach_launcher();
 	memset(launcher_slots, 0, sizeof(launcher_slots));
 
 	for (;;)
@@ -319,7 +263,7 @@ outbox_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		for (i = 0; i < OutboxShared->nslots; i++)
+		for (i = 0; i < outbox_shmem_slot_count(); i++)
 			timeout_ms = Min(timeout_ms, tend_slot(i, now));
 
 		(void) WaitLatch(MyLatch,

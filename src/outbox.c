@@ -1,12 +1,13 @@
 /*-------------------------------------------------------------------------
  *
  * outbox.c
- *		Module start: settings, shared memory and the launcher registration.
+ *		Module start: the settings, the hooks, the launcher's registration.
  *
- * Everything that must exist in every process of the server lives here:
- * the outbox.* settings, the shared state (UUIDv7 generator, one slot per
- * relayed database with its worker's latch), and the utility hook that lets
- * DROP DATABASE stop a database's relay worker instead of failing on it.
+ * Everything that must exist in every process of the server starts here:
+ * the outbox.* settings of the relay (each publisher defines its own), the
+ * built-in publishers, the shared-memory hooks (shmem.c owns what they
+ * create), and the utility hook that lets DROP DATABASE stop a database's
+ * relay worker instead of failing on it.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -21,18 +22,18 @@
 #include "access/xact.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
-#include "utils/acl.h"
 #include "nodes/parsenodes.h"
-#include "pgstat.h"
 #include "storage/ipc.h"
-#include "storage/lwlock.h"
-#include "storage/shmem.h"
 #include "tcop/utility.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
+#include "launcher.h"
 #include "outbox.h"
+#include "pg_compat.h"
+#include "publishers/builtin.h"
+#include "shmem.h"
 
 PG_MODULE_MAGIC;
 
@@ -51,7 +52,6 @@ int			outbox_retry_backoff_max = 300000;
 int			outbox_processing_timeout = 60000;
 int			outbox_retention = 7 * 24 * 3600;
 int			outbox_ordering = OUTBOX_ORDERING_KEY;
-char	   *outbox_notify_channel = NULL;
 bool		outbox_enabled = true;
 
 static const struct config_enum_entry ordering_options[] = {
@@ -60,14 +60,17 @@ static const struct config_enum_entry ordering_options[] = {
 	{NULL, 0, false}
 };
 
-OutboxSharedState *OutboxShared = NULL;
-
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
-/* How long DROP DATABASE waits for the database's worker to exit. */
+/*
+ * How long DROP DATABASE waits for the database's worker to exit, and how
+ * long the launcher may start none at most (the drop lifts the pause when
+ * it ends, however it ends).
+ */
 #define DROP_DATABASE_WAIT_MS	5000
+#define DROP_DATABASE_PAUSE_MS	60000
 
 /*
  * Check outbox.databases: a list of distinct database names, each shorter
@@ -152,19 +155,6 @@ check_publisher(char **newval, void **extra, GucSource source)
 			GUC_check_errdetail("Publisher names consist of lower-case letters, digits and underscores.");
 			return false;
 		}
-	}
-	return true;
-}
-
-/* Check outbox.notify_channel: empty, or a valid channel name. */
-static bool
-check_notify_channel(char **newval, void **extra, GucSource source)
-{
-	if (strlen(*newval) >= NAMEDATALEN)
-	{
-		GUC_check_errdetail("A channel name must be shorter than %d bytes.",
-							NAMEDATALEN);
-		return false;
 	}
 	return true;
 }
@@ -291,15 +281,6 @@ define_settings(void)
 							 0,
 							 NULL, NULL, NULL);
 
-	DefineCustomStringVariable("outbox.notify_channel",
-							   "Channel the notify publisher uses; empty means each message's topic.",
-							   NULL,
-							   &outbox_notify_channel,
-							   "",
-							   PGC_SIGHUP,
-							   0,
-							   check_notify_channel, NULL, NULL);
-
 	DefineCustomBoolVariable("outbox.enabled",
 							 "Whether the relay workers publish; off pauses them.",
 							 NULL,
@@ -318,58 +299,21 @@ define_settings(void)
  * their own, whose values in postgresql.conf must survive until then.
  */
 static void
-outbox_shmem_request(void)
+outbox_shmem_request_hook(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(OutboxSharedState)));
+	outbox_shmem_request();
 	MarkGUCPrefixReserved("outbox");
 }
 
 /* Create or attach to the shared state. */
 static void
-outbox_shmem_startup(void)
+outbox_shmem_startup_hook(void)
 {
-	bool		found;
-
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	OutboxShared = ShmemInitStruct("outbox", sizeof(OutboxSharedState), &found);
-	if (!found)
-	{
-		memset(OutboxShared, 0, sizeof(OutboxSharedState));
-		SpinLockInit(&OutboxShared->mutex);
-	}
-	LWLockRelease(AddinShmemInitLock);
-}
-
-/*
- * Raise an error when the library was not preloaded: without the shared
- * state there are neither increasing ids nor workers to wake.
- */
-void
-outbox_require_shared_state(void)
-{
-	if (OutboxShared == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("outbox must be loaded via shared_preload_libraries"),
-				 errhint("Add outbox to shared_preload_libraries in postgresql.conf and restart the server.")));
-}
-
-/* Wake the launcher, for example to start a worker that a commit asked for. */
-void
-outbox_wake_launcher(void)
-{
-	Latch	   *latch;
-
-	SpinLockAcquire(&OutboxShared->mutex);
-	latch = OutboxShared->launcher_latch;
-	SpinLockRelease(&OutboxShared->mutex);
-	if (latch)
-		SetLatch(latch);
+	outbox_shmem_startup();
 }
 
 /*
@@ -380,60 +324,21 @@ outbox_wake_launcher(void)
 static void
 stop_worker_for_drop(const char *dbname)
 {
-	int			i;
-	pid_t		pid = 0;
+	TimestampTz pause_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														  DROP_DATABASE_PAUSE_MS);
+	pid_t		pid = outbox_shmem_pause_worker(dbname, pause_until);
 	int			waited_ms;
-
-	SpinLockAcquire(&OutboxShared->mutex);
-	for (i = 0; i < OutboxShared->nslots; i++)
-	{
-		OutboxWorkerSlot *slot = &OutboxShared->slots[i];
-
-		if (strcmp(slot->dbname, dbname) == 0)
-		{
-			slot->paused_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-															 60 * 1000);
-			pid = slot->pid;
-		}
-	}
-	SpinLockRelease(&OutboxShared->mutex);
 
 	if (pid == 0)
 		return;
-
 	kill(pid, SIGTERM);
 	for (waited_ms = 0; waited_ms < DROP_DATABASE_WAIT_MS; waited_ms += 10)
 	{
-		bool		gone = true;
-
-		SpinLockAcquire(&OutboxShared->mutex);
-		for (i = 0; i < OutboxShared->nslots; i++)
-		{
-			if (OutboxShared->slots[i].pid == pid)
-				gone = false;
-		}
-		SpinLockRelease(&OutboxShared->mutex);
-		if (gone)
+		if (!outbox_shmem_worker_running(pid))
 			break;
 		CHECK_FOR_INTERRUPTS();
 		pg_usleep(10 * 1000L);
 	}
-}
-
-/* Let the launcher restart a worker paused for a DROP DATABASE that ended. */
-static void
-resume_worker_after_drop(const char *dbname)
-{
-	int			i;
-
-	SpinLockAcquire(&OutboxShared->mutex);
-	for (i = 0; i < OutboxShared->nslots; i++)
-	{
-		if (strcmp(OutboxShared->slots[i].dbname, dbname) == 0)
-			OutboxShared->slots[i].paused_until = 0;
-	}
-	SpinLockRelease(&OutboxShared->mutex);
-	outbox_wake_launcher();
 }
 
 /*
@@ -452,7 +357,7 @@ drop_database_would_proceed(const char *dbname, ProcessUtilityContext context)
 	dboid = get_database_oid(dbname, true);
 	if (!OidIsValid(dboid) || dboid == MyDatabaseId)
 		return false;
-	return pg_database_ownercheck(dboid, GetUserId());
+	return outbox_database_ownercheck(dboid, GetUserId());
 }
 
 /* Utility hook: make way for DROP DATABASE of a relayed database. */
@@ -464,7 +369,7 @@ outbox_process_utility(PlannedStmt *pstmt, const char *queryString,
 {
 	const char *volatile dropped_db = NULL;
 
-	if (OutboxShared != NULL && IsA(pstmt->utilityStmt, DropdbStmt) &&
+	if (IsA(pstmt->utilityStmt, DropdbStmt) &&
 		drop_database_would_proceed(((DropdbStmt *) pstmt->utilityStmt)->dbname,
 									context))
 	{
@@ -485,10 +390,17 @@ outbox_process_utility(PlannedStmt *pstmt, const char *queryString,
 	{
 		/* The drop failed: the database stays, so should its worker. */
 		if (dropped_db)
-			resume_worker_after_drop(dropped_db);
+			outbox_shmem_resume_worker(dropped_db);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+
+	/*
+	 * The database is gone: the launcher finds it missing, and a database
+	 * created again under that name gets a worker with its first commit.
+	 */
+	if (dropped_db)
+		outbox_shmem_resume_worker(dropped_db);
 }
 
 /*
@@ -502,9 +414,7 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 		define_startup_settings();
 	define_settings();
-	outbox_register_notify_publisher();
-	outbox_register_http_publisher();
-	outbox_register_function_publisher();
+	outbox_register_builtin_publishers();
 
 	if (!process_shared_preload_libraries_in_progress)
 	{
@@ -514,9 +424,9 @@ _PG_init(void)
 	}
 
 	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = outbox_shmem_request;
+	shmem_request_hook = outbox_shmem_request_hook;
 	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = outbox_shmem_startup;
+	shmem_startup_hook = outbox_shmem_startup_hook;
 	prev_process_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = outbox_process_utility;
 

@@ -27,14 +27,15 @@
  * must never block for long without calling OutboxPublisherWait(), which
  * services the worker's latch, interrupts and postmaster death.
  *
+ * Like every PostgreSQL header, this one expects postgres.h to be included
+ * first by the .c file.
+ *
  * Copyright (c) 2026, the outbox developers
  *
  *-------------------------------------------------------------------------
  */
 #ifndef OUTBOX_PUBLISHER_H
 #define OUTBOX_PUBLISHER_H
-
-#include "postgres.h"
 
 #include <signal.h>
 
@@ -43,8 +44,13 @@
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
-/* Bumped whenever the structs below change incompatibly. */
-#define OUTBOX_PUBLISHER_API_VERSION 1
+/*
+ * Bumped whenever the structs or functions below change incompatibly.
+ * 2: OutboxProblem names its publisher and error code; secret settings are
+ * registered with OutboxPublisherKeepSecret(); header iteration, payload
+ * kinds and a monotonic clock for everyone.
+ */
+#define OUTBOX_PUBLISHER_API_VERSION 2
 
 /* One message handed to a publisher; all fields are read-only. */
 typedef struct OutboxMessage
@@ -55,7 +61,7 @@ typedef struct OutboxMessage
 	const char *key;			/* "" when the message has no key */
 	const char *payload;		/* raw bytes, not NUL-terminated */
 	int			payload_len;
-	Jsonb	   *headers;		/* always a JSON object */
+	Jsonb	   *headers;		/* always a JSON object of strings */
 	TimestampTz created_at;
 	int			retries;		/* failed attempts so far */
 } OutboxMessage;
@@ -78,7 +84,12 @@ typedef struct OutboxPublishResult
 {
 	OutboxPublishStatus status;
 	char	   *error;			/* palloc'd text for last_error, or NULL */
-	TimestampTz retry_at;		/* earliest next attempt, 0 = backoff */
+
+	/*
+	 * Earliest next attempt, 0 = the usual backoff.  The worker caps it at
+	 * the larger of one hour and outbox.retry_backoff_max from now.
+	 */
+	TimestampTz retry_at;
 } OutboxPublishResult;
 
 typedef struct OutboxPublisher
@@ -122,23 +133,29 @@ extern PGDLLEXPORT void OutboxRegisterPublisher(const OutboxPublisher *publisher
 extern PGDLLEXPORT int OutboxPublisherWait(pgsocket sock, int socket_events,
 										   long timeout_ms);
 
+/* Milliseconds of a monotonic clock, for a publisher's own deadlines. */
+extern PGDLLEXPORT int64 OutboxPublisherNowMs(void);
+
 /*
  * A problem that keeps a publisher from publishing (a setting missing, a
  * server out of reach), logged once: OutboxPublisherReportProblem() logs a
- * WARNING "outbox <publisher> publisher: <text>" with the detail "Messages
- * stay pending until this is fixed." (and hint, when not NULL) the first
- * time, and again only when the text changes; OutboxPublisherClearProblem()
- * forgets it once it went away.  Keep one zeroed OutboxProblem per
- * publisher; "reported" tells whether a problem is logged now.
+ * WARNING "outbox <publisher> publisher: <text>" with the problem's error
+ * code and the detail "Messages stay pending until this is fixed." (and
+ * hint, when not NULL) the first time, and again only when the text
+ * changes; OutboxPublisherClearProblem() forgets it once it went away.
+ * Keep one per kind of problem, made with OUTBOX_PROBLEM_INIT; "reported"
+ * tells whether a problem is logged now.
  */
 typedef struct OutboxProblem
 {
+	const char *publisher;		/* name for the message */
+	int			sqlerrcode;		/* ERRCODE_... of the WARNING */
 	char	   *reported;		/* in TopMemoryContext; NULL when none */
 } OutboxProblem;
 
+#define OUTBOX_PROBLEM_INIT(publisher, sqlerrcode) {(publisher), (sqlerrcode), NULL}
+
 extern PGDLLEXPORT void OutboxPublisherReportProblem(OutboxProblem *problem,
-													 const char *publisher,
-													 int sqlerrcode,
 													 const char *text,
 													 const char *hint);
 extern PGDLLEXPORT void OutboxPublisherClearProblem(OutboxProblem *problem);
@@ -155,12 +172,12 @@ extern PGDLLEXPORT void OutboxPublisherBlockSignals(sigset_t *saved);
 
 /*
  * Keep the value of a secret setting (its full name, "outbox.x_secret") out
- * of the server log; call it from the publisher's emit_log_hook.  The
- * message "parameter ... changed to ..." keeps only the name, and a
- * statement that mentions the setting (log_statement, or the STATEMENT
- * line of an error) is not shown.
+ * of the server log, in every process: the message "parameter ... changed
+ * to ..." keeps only the name, and a statement that mentions the setting
+ * (log_statement, or the STATEMENT line of an error) is not shown.  Call it
+ * from _PG_init(), beside the setting's definition.
  */
-extern PGDLLEXPORT void OutboxPublisherRedactSetting(ErrorData *edata, const char *setting);
+extern PGDLLEXPORT void OutboxPublisherKeepSecret(const char *setting);
 
 /*
  * Append len bytes of s to buf for an error text (last_error, the log):
@@ -170,5 +187,49 @@ extern PGDLLEXPORT void OutboxPublisherRedactSetting(ErrorData *edata, const cha
  */
 extern PGDLLEXPORT void OutboxPublisherAppendPrintable(StringInfo buf, const char *s,
 													   int len, bool flatten);
+
+/*
+ * The headers of a message, one at a time, in the order jsonb keeps them
+ * (by name length, then bytes):
+ *
+ *	OutboxHeaderIterator it;
+ *	OutboxHeader h;
+ *
+ *	OutboxHeadersBegin(&it, message->headers);
+ *	while (OutboxHeadersNext(&it, &h))
+ *		use h.name (h.name_len bytes) and h.value (h.value_len bytes);
+ *
+ * Names and values point into the message and are not NUL-terminated.
+ */
+typedef struct OutboxHeader
+{
+	const char *name;
+	int			name_len;
+	const char *value;
+	int			value_len;
+} OutboxHeader;
+
+typedef struct OutboxHeaderIterator
+{
+	JsonbIterator *it;
+	const char *name;			/* of the key just read */
+	int			name_len;
+} OutboxHeaderIterator;
+
+extern PGDLLEXPORT void OutboxHeadersBegin(OutboxHeaderIterator *iterator, Jsonb *headers);
+extern PGDLLEXPORT bool OutboxHeadersNext(OutboxHeaderIterator *iterator, OutboxHeader *header);
+
+/* Whether a header's name is name, ignoring ASCII case. */
+extern PGDLLEXPORT bool OutboxHeaderNameIs(const OutboxHeader *header, const char *name);
+
+/* What a message's payload holds. */
+typedef enum OutboxPayloadKind
+{
+	OUTBOX_PAYLOAD_JSON,		/* valid UTF-8 that parses as JSON */
+	OUTBOX_PAYLOAD_TEXT,		/* other valid UTF-8 (also empty) */
+	OUTBOX_PAYLOAD_BINARY		/* anything else */
+} OutboxPayloadKind;
+
+extern PGDLLEXPORT OutboxPayloadKind OutboxPayloadKindOf(const OutboxMessage *message);
 
 #endif							/* OUTBOX_PUBLISHER_H */

@@ -1,17 +1,26 @@
 /*-------------------------------------------------------------------------
  *
  * publisher.c
- *		The publisher registry: publishers register by name, the worker and
- *		the save path look them up by the name in outbox.publisher.
+ *		The publisher API (outbox_publisher.h), whole: the registry, the
+ *		wait a publisher makes inside the worker, and the helpers that
+ *		publishers share.
  *
- * Registration happens in _PG_init() of each library, so every process of
- * the server (postmaster children inherit it) has the same registry.  The
- * registry is a small process-local array: there are only ever a handful
- * of publishers.
+ * Publishers register by name in _PG_init() of their library, so every
+ * process of the server (postmaster children inherit it) has the same
+ * registry; the worker and the save path look them up by the name in
+ * outbox.publisher.  The registry is a small process-local array: there
+ * are only ever a handful of publishers.
  *
- * It also holds the helpers outbox_publisher.h offers publishers: a
- * problem logged once, signals blocked around a client library's threads,
- * secret settings kept out of the log, error texts made printable.
+ * OutboxPublisherWait() is the one place a publisher blocks.  It notes
+ * what happened meanwhile (the latch was set by a commit, the
+ * configuration was reloaded) for the worker to act on between batches:
+ * the worker knows publishers only through this file, and publishers know
+ * nothing of the worker.
+ *
+ * The helpers: a problem logged once, signals blocked around a client
+ * library's threads, secret settings kept out of the log, error texts made
+ * printable, message headers walked, payloads classified, a monotonic
+ * clock.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -21,19 +30,37 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <time.h>
 
+#include "common/jsonapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/interrupt.h"
+#include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 
-#include "outbox.h"
+#include "pg_compat.h"
+#include "publisher.h"
 
 #define MAX_PUBLISHERS 32
 
 static const OutboxPublisher *publishers[MAX_PUBLISHERS];
 static int	npublishers = 0;
+
+/* What happened while a publisher waited. */
+static bool woken_while_publishing = false;
+static bool reload_while_publishing = false;
+
+/* Settings whose values never reach the server log. */
+#define MAX_SECRETS 32
+static const char *secret_settings[MAX_SECRETS];
+static int	nsecrets = 0;
+static emit_log_hook_type prev_emit_log_hook = NULL;
 
 /*
  * Register a publisher.  Public API (outbox_publisher.h): called from
@@ -111,8 +138,7 @@ outbox_publisher_names(void)
  * (outbox_publisher.h).
  */
 void
-OutboxPublisherReportProblem(OutboxProblem *problem, const char *publisher,
-							 int sqlerrcode, const char *text, const char *hint)
+OutboxPublisherReportProblem(OutboxProblem *problem, const char *text, const char *hint)
 {
 	if (problem->reported && strcmp(problem->reported, text) == 0)
 		return;
@@ -120,8 +146,8 @@ OutboxPublisherReportProblem(OutboxProblem *problem, const char *publisher,
 		pfree(problem->reported);
 	problem->reported = MemoryContextStrdup(TopMemoryContext, text);
 	ereport(WARNING,
-			(errcode(sqlerrcode),
-			 errmsg("outbox %s publisher: %s", publisher, text),
+			(errcode(problem->sqlerrcode),
+			 errmsg("outbox %s publisher: %s", problem->publisher, text),
 			 errdetail("Messages stay pending until this is fixed."),
 			 hint ? errhint("%s", hint) : 0));
 }
@@ -173,15 +199,15 @@ contains_ignoring_case(const char *haystack, const char *needle)
 }
 
 /*
- * Keep a secret setting's value out of the server log.  Public API
- * (outbox_publisher.h).  The changed-parameter message is recognized by its
- * untranslated format, and the name is looked for without regard to case
- * (it is spelled as in the configuration file or the statement); statements
- * are matched on the name without its "outbox." prefix, so that quoting the
- * two parts apart does not let one through.
+ * Keep a secret setting's value out of one log message.  The
+ * changed-parameter message is recognized by its untranslated format, and
+ * the name is looked for without regard to case (it is spelled as in the
+ * configuration file or the statement); statements are matched on the name
+ * without its "outbox." prefix, so that quoting the two parts apart does
+ * not let one through.
  */
-void
-OutboxPublisherRedactSetting(ErrorData *edata, const char *setting)
+static void
+redact_setting(ErrorData *edata, const char *setting)
 {
 	const char *dot = strchr(setting, '.');
 	const char *bare = dot ? dot + 1 : setting;
@@ -240,4 +266,202 @@ OutboxPublisherAppendPrintable(StringInfo buf, const char *s, int len, bool flat
 		appendStringInfo(buf, "\\x%02x", c);
 		i++;
 	}
+}
+
+/* emit_log_hook: keep every registered secret out of the message. */
+static void
+redact_secrets(ErrorData *edata)
+{
+	int			i;
+
+	for (i = 0; i < nsecrets; i++)
+		redact_setting(edata, secret_settings[i]);
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+/*
+ * Register a secret setting, so that its value is kept out of the server
+ * log; the log hook is installed with the first one.  Public API
+ * (outbox_publisher.h).
+ */
+void
+OutboxPublisherKeepSecret(const char *setting)
+{
+	int			i;
+
+	for (i = 0; i < nsecrets; i++)
+	{
+		if (strcmp(secret_settings[i], setting) == 0)
+			return;
+	}
+	if (nsecrets >= MAX_SECRETS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many outbox secret settings registered"),
+				 errdetail("At most %d settings can be kept out of the log.", MAX_SECRETS)));
+	secret_settings[nsecrets++] = MemoryContextStrdup(TopMemoryContext, setting);
+	if (nsecrets == 1)
+	{
+		prev_emit_log_hook = emit_log_hook;
+		emit_log_hook = redact_secrets;
+	}
+}
+
+/*
+ * Wait for the latch, a socket or a timeout while a publisher has requests
+ * in flight, staying responsive to SIGTERM, SIGHUP and postmaster death.
+ * Public API (outbox_publisher.h).
+ */
+int
+OutboxPublisherWait(pgsocket sock, int socket_events, long timeout_ms)
+{
+	int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+	int			rc;
+
+	if (timeout_ms >= 0)
+		events |= WL_TIMEOUT;
+	if (sock != PGINVALID_SOCKET && socket_events != 0)
+	{
+		events |= socket_events;
+		rc = WaitLatchOrSocket(MyLatch, events, sock, timeout_ms, PG_WAIT_EXTENSION);
+	}
+	else
+		rc = WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
+	if (rc & WL_LATCH_SET)
+	{
+		/* A commit's wake-up: the worker keeps it for after the batch. */
+		ResetLatch(MyLatch);
+		woken_while_publishing = true;
+	}
+	CHECK_FOR_INTERRUPTS();
+
+	/*
+	 * SIGHUP: read the configuration now, even in the middle of a long
+	 * batch, so that settings such as log levels take effect at once; the
+	 * publisher's own reload() waits for the end of the batch, so that it
+	 * never rebuilds its transport under requests in flight.
+	 */
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		reload_while_publishing = true;
+	}
+	return rc;
+}
+
+/* Whether the latch was set while a publisher waited; clears it. */
+bool
+outbox_publisher_take_wakeup(void)
+{
+	bool		woken = woken_while_publishing;
+
+	woken_while_publishing = false;
+	return woken;
+}
+
+/*
+ * Whether the configuration was reloaded while a publisher waited, so the
+ * publisher's reload() is still due; clears it.
+ */
+bool
+outbox_publisher_take_reload(void)
+{
+	bool		reloaded = reload_while_publishing;
+
+	reload_while_publishing = false;
+	return reloaded;
+}
+
+/* Monotonic milliseconds.  Public API (outbox_publisher.h). */
+int64
+OutboxPublisherNowMs(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Start walking a message's headers.  Public API (outbox_publisher.h). */
+void
+OutboxHeadersBegin(OutboxHeaderIterator *iterator, Jsonb *headers)
+{
+	iterator->it = JsonbIteratorInit(&headers->root);
+	iterator->name = NULL;
+	iterator->name_len = 0;
+}
+
+/*
+ * The next header, or false after the last.  A value that is not a string
+ * (which the table's check constraint keeps out) comes as NULL.  Public
+ * API (outbox_publisher.h).
+ */
+bool
+OutboxHeadersNext(OutboxHeaderIterator *iterator, OutboxHeader *header)
+{
+	JsonbValue	v;
+	JsonbIteratorToken token;
+
+	if (iterator->it == NULL)
+		return false;
+	while ((token = JsonbIteratorNext(&iterator->it, &v, true)) != WJB_DONE)
+	{
+		if (token == WJB_KEY)
+		{
+			iterator->name = v.val.string.val;
+			iterator->name_len = v.val.string.len;
+		}
+		else if (token == WJB_VALUE)
+		{
+			header->name = iterator->name;
+			header->name_len = iterator->name_len;
+			if (v.type == jbvString)
+			{
+				header->value = v.val.string.val;
+				header->value_len = v.val.string.len;
+			}
+			else
+			{
+				header->value = NULL;
+				header->value_len = 0;
+			}
+			return true;
+		}
+	}
+	iterator->it = NULL;
+	return false;
+}
+
+/* Whether a header is called name, in any letter case.  Public API. */
+bool
+OutboxHeaderNameIs(const OutboxHeader *header, const char *name)
+{
+	return header->name_len == (int) strlen(name) &&
+		pg_strncasecmp(header->name, name, header->name_len) == 0;
+}
+
+/*
+ * Whether a payload is JSON, other UTF-8 text, or binary.  Payloads saved
+ * as jsonb or text are UTF-8 whatever the database encoding, so they are
+ * parsed as UTF-8.  Public API (outbox_publisher.h).
+ */
+OutboxPayloadKind
+OutboxPayloadKindOf(const OutboxMessage *message)
+{
+	JsonLexContext *lex;
+	char	   *text;
+	bool		json;
+
+	if (!pg_verify_mbstr(PG_UTF8, message->payload, message->payload_len, true))
+		return OUTBOX_PAYLOAD_BINARY;
+	if (message->payload_len == 0)
+		return OUTBOX_PAYLOAD_TEXT;
+	text = pnstrdup(message->payload, message->payload_len);
+	lex = outbox_json_lex_context(text, message->payload_len, PG_UTF8);
+	json = pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
+	outbox_json_lex_context_free(lex);
+	pfree(text);
+	return json ? OUTBOX_PAYLOAD_JSON : OUTBOX_PAYLOAD_TEXT;
 }

@@ -4,12 +4,11 @@
  *		The save path: outbox.save(), message ids, and the commit-time wake-up.
  *
  * outbox.save() validates its arguments, takes an increasing UUIDv7 from
- * the shared generator and inserts the row through a plan prepared once per
+ * the shared clock and inserts the row through a plan prepared once per
  * backend.  Both save() and the column default outbox.next_id() (which the
  * batch path INSERT ... SELECT uses) note that this transaction saved
- * messages; a transaction callback, registered once per backend, then sets
- * the relay worker's latch when the transaction commits.  A rollback wakes
- * nobody.
+ * messages, so that its commit wakes the relay worker (shmem.c); a
+ * rollback wakes nobody.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -17,9 +16,7 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "commands/dbcommands.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -28,31 +25,17 @@
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
-#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "outbox.h"
+#include "publisher.h"
+#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(outbox_save_bytea);
 PG_FUNCTION_INFO_V1(outbox_save_text);
 PG_FUNCTION_INFO_V1(outbox_save_jsonb);
 PG_FUNCTION_INFO_V1(outbox_next_id);
 PG_FUNCTION_INFO_V1(outbox_valid_headers);
-
-/* Longest key, in bytes: keys live in a btree index. */
-#define OUTBOX_MAX_KEY_LEN 1024
-
-/* The counter part of a UUIDv7 id: 12 bits of rand_a and 30 of rand_b. */
-#define ID_COUNTER_BITS 42
-
-/* Whether the current transaction saved messages. */
-static bool wake_at_commit = false;
-
-/* Whether the transaction callback is registered in this backend. */
-static bool xact_callback_registered = false;
-
-/* This backend's database name, to find its slot when no worker runs. */
-static char *my_database_name = NULL;
 
 /* The INSERT of outbox.save(), prepared once per backend. */
 static SPIPlanPtr save_plan = NULL;
@@ -63,13 +46,13 @@ static SPIPlanPtr save_plan = NULL;
  * than any id made before it on this server, even within one millisecond.
  * A clock that steps back keeps using the last millisecond seen.
  */
-void
-outbox_generate_id(pg_uuid_t *id)
+static void
+generate_id(pg_uuid_t *id)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	uint64		now_ms;
 	uint64		fresh_counter = pg_prng_uint64(&pg_global_prng_state) &
-		((UINT64CONST(1) << (ID_COUNTER_BITS - 1)) - 1);
+		((UINT64CONST(1) << (OUTBOX_ID_COUNTER_BITS - 1)) - 1);
 	uint32		tail = (uint32) pg_prng_uint64(&pg_global_prng_state);
 	uint64		ms;
 	uint64		counter;
@@ -79,22 +62,7 @@ outbox_generate_id(pg_uuid_t *id)
 
 	now_ms = (uint64) (now / 1000) +
 		(uint64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
-
-	SpinLockAcquire(&OutboxShared->mutex);
-	if (now_ms > OutboxShared->id_last_ms)
-	{
-		OutboxShared->id_last_ms = now_ms;
-		OutboxShared->id_last_counter = fresh_counter;
-	}
-	else if (++OutboxShared->id_last_counter >= (UINT64CONST(1) << ID_COUNTER_BITS))
-	{
-		/* Counter exhausted within one millisecond: borrow the next one. */
-		OutboxShared->id_last_ms++;
-		OutboxShared->id_last_counter = 0;
-	}
-	ms = OutboxShared->id_last_ms;
-	counter = OutboxShared->id_last_counter;
-	SpinLockRelease(&OutboxShared->mutex);
+	outbox_shmem_next_id_clock(now_ms, fresh_counter, &ms, &counter);
 
 	b[0] = (unsigned char) (ms >> 40);
 	b[1] = (unsigned char) (ms >> 32);
@@ -115,77 +83,6 @@ outbox_generate_id(pg_uuid_t *id)
 }
 
 /*
- * At commit of a transaction that saved messages, set the latch of this
- * database's relay worker; when none runs, ask the launcher to start one.
- */
-static void
-outbox_xact_callback(XactEvent event, void *arg)
-{
-	int			i;
-	Latch	   *worker_latch = NULL;
-	bool		need_launcher = false;
-
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PREPARE:
-			wake_at_commit = false;
-			return;
-		default:
-			return;
-	}
-
-	if (!wake_at_commit || OutboxShared == NULL)
-		return;
-	wake_at_commit = false;
-
-	SpinLockAcquire(&OutboxShared->mutex);
-	for (i = 0; i < OutboxShared->nslots; i++)
-	{
-		OutboxWorkerSlot *slot = &OutboxShared->slots[i];
-
-		if (slot->pid != 0 && slot->dboid == MyDatabaseId)
-		{
-			worker_latch = slot->latch;
-			break;
-		}
-		if (slot->pid == 0 && my_database_name != NULL &&
-			strcmp(slot->dbname, my_database_name) == 0)
-		{
-			slot->start_requested = true;
-			need_launcher = true;
-		}
-	}
-	SpinLockRelease(&OutboxShared->mutex);
-
-	if (worker_latch)
-		SetLatch(worker_latch);
-	else if (need_launcher)
-		outbox_wake_launcher();
-}
-
-/*
- * Note that the current transaction saves messages, so that its commit
- * wakes the relay worker.  Must run inside a transaction.
- */
-void
-outbox_wake_worker_at_commit(void)
-{
-	if (!xact_callback_registered)
-	{
-		char	   *dbname = get_database_name(MyDatabaseId);
-
-		if (dbname)
-			my_database_name = MemoryContextStrdup(TopMemoryContext, dbname);
-		RegisterXactCallback(outbox_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
-	wake_at_commit = true;
-}
-
-/*
  * Check that headers are a JSON object whose values are all strings, as
  * every transport (HTTP, Kafka, NATS) carries them.  Returns NULL when they
  * are, else a description of the problem.
@@ -193,17 +90,15 @@ outbox_wake_worker_at_commit(void)
 static const char *
 headers_problem(Jsonb *headers)
 {
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken token;
+	OutboxHeaderIterator it;
+	OutboxHeader header;
 
 	if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
 		return "headers must be a JSON object";
-
-	it = JsonbIteratorInit(&headers->root);
-	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	OutboxHeadersBegin(&it, headers);
+	while (OutboxHeadersNext(&it, &header))
 	{
-		if (token == WJB_VALUE && v.type != jbvString)
+		if (header.value == NULL)
 			return "header values must be JSON strings";
 	}
 	return NULL;
@@ -213,17 +108,13 @@ headers_problem(Jsonb *headers)
 static bool
 headers_have_content_type(Jsonb *headers)
 {
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken token;
+	OutboxHeaderIterator it;
+	OutboxHeader header;
 
-	it = JsonbIteratorInit(&headers->root);
-	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	OutboxHeadersBegin(&it, headers);
+	while (OutboxHeadersNext(&it, &header))
 	{
-		if (token == WJB_KEY &&
-			v.val.string.len == strlen("content-type") &&
-			pg_strncasecmp(v.val.string.val, "content-type",
-						   v.val.string.len) == 0)
+		if (OutboxHeaderNameIs(&header, "content-type"))
 			return true;
 	}
 	return false;
@@ -316,7 +207,7 @@ insert_message(const char *topic, bytea *payload, text *key, Jsonb *headers)
 	Datum		values[5];
 	int			ret;
 
-	outbox_generate_id(id);
+	generate_id(id);
 
 	SPI_connect();
 	if (save_plan == NULL)
@@ -425,7 +316,7 @@ outbox_next_id(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 
-	outbox_generate_id(id);
+	generate_id(id);
 	outbox_wake_worker_at_commit();
 	PG_RETURN_UUID_P(id);
 }

@@ -9,23 +9,28 @@
  * contract.  Every statement is prepared once per process and kept.
  * Message data only ever travels as parameters, never inside SQL text.
  *
- * Claiming is one short transaction:
- *	1. read the pending messages in id order from the oldest, without
+ * Claiming is one short transaction, in four steps (claim_scan,
+ * claim_choose, claim_lock, claim_keep):
+ *	1. scan: read the pending messages in id order from the oldest, without
  *	   locking them (under outbox.ordering = 'none' only the due ones), all
  *	   on one snapshot;
  *	2. choose the due ones whose key nothing holds back, until the batch's
  *	   payloads reach the byte limit: under per-key ordering a message not
  *	   due holds back the later messages of its key, and so do the keys of
  *	   external relays' claims;
- *	3. lock the chosen rows by address with FOR UPDATE SKIP LOCKED, and
- *	   keep those locked and not in a relay worker's batch in flight (see
+ *	3. lock the chosen rows by address with FOR UPDATE SKIP LOCKED;
+ *	4. keep those locked and not in a relay worker's batch in flight (see
  *	   below); under per-key ordering one not kept (locked by someone else,
- *	   changed since it was read, in flight) holds back its key too;
- *	4. for outbox.fetch_pending, set the kept ones to processing.
- * Steps 1-3 repeat, reading more rows each time, while held-back messages
+ *	   changed since it was read, in flight) holds back its key too.
+ * The steps repeat, reading more rows each time, while held-back messages
  * fill the reads.  Because the reads start at the oldest pending message,
  * a message is its key's oldest unfinished one exactly when nothing of its
- * key was read before it that can not be claimed: no lookup per key.
+ * key was read before it that can not be claimed: no lookup per key.  For
+ * outbox.fetch_pending the kept ones are then set to processing.
+ *
+ * Every statement goes through store_execute(), inside a store call
+ * (store_connect() ... store_finish()) that pins the settings the
+ * statements are planned for; store calls nest.
  *
  * Two ways to hold a claimed message while it is published, without a
  * transaction open across network I/O:
@@ -61,6 +66,8 @@
 #include "utils/timestamp.h"
 
 #include "outbox.h"
+#include "shmem.h"
+#include "store.h"
 
 PG_FUNCTION_INFO_V1(outbox_fetch_pending);
 PG_FUNCTION_INFO_V1(outbox_mark_processed);
@@ -160,87 +167,158 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 	"  SELECT id FROM outbox.messages WHERE id < $2 AND status = 'processed' " \
 	"  AND processed_at < $1 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)"
 
-/* Earliest retry among the oldest pending messages, for the worker's sleep. */
+/*
+ * The earliest retry still to come among the oldest pending messages, for
+ * the worker's sleep; $1 = now.
+ */
 #define NEXT_DUE_SQL \
 	"SELECT min(next_attempt_at) FROM (SELECT next_attempt_at FROM outbox.messages " \
-	"WHERE status = 'pending' ORDER BY id LIMIT 1000) p"
+	"WHERE status = 'pending' ORDER BY id LIMIT 1000) p WHERE next_attempt_at > $1"
 
 /* $1 = ids or NULL for all, $2 = now. */
 #define RETRY_FAILED_SQL \
 	"UPDATE outbox.messages SET status = 'pending', retries = 0, next_attempt_at = $2 " \
 	"WHERE status = 'failed' AND ($1 IS NULL OR id = ANY($1))"
 
-/* One prepared statement, kept for the life of the process. */
-typedef struct StorePlan
+/*
+ * One statement of the store: prepared the first time it runs, kept for the
+ * life of the process.
+ */
+typedef struct StoreStatement
 {
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[8];
+	bool		read_only;
+	int			expected;		/* the SPI_OK_* result that means success */
+	const char *action;			/* what it does, for its error message */
 	SPIPlanPtr	plan;
-} StorePlan;
+} StoreStatement;
 
-static StorePlan claim_scan_plan;
-static StorePlan claim_scan_due_plan;
-static StorePlan claim_processing_keys_plan;
-static StorePlan claim_lock_plan;
-static StorePlan claim_mark_plan;
-static StorePlan mark_processed_plan;
-static StorePlan mark_failed_plan;
-static StorePlan recover_plan;
-static StorePlan purge_plan;
-static StorePlan next_due_plan;
-static StorePlan retry_failed_plan;
+static StoreStatement claim_scan_stmt = {
+	.sql = CLAIM_SCAN_SQL, .nargs = 4, .argtypes = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "claim outbox messages"
+};
+static StoreStatement claim_scan_due_stmt = {
+	.sql = CLAIM_SCAN_DUE_SQL, .nargs = 4, .argtypes = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "claim outbox messages"
+};
+static StoreStatement claim_processing_keys_stmt = {
+	.sql = CLAIM_PROCESSING_KEYS_SQL, .nargs = 0, .argtypes = {InvalidOid},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "read outbox claims"
+};
+static StoreStatement claim_lock_stmt = {
+	.sql = CLAIM_LOCK_SQL, .nargs = 2, .argtypes = {TIDARRAYOID, TIMESTAMPTZOID},
+	.read_only = false, .expected = SPI_OK_SELECT, .action = "claim outbox messages"
+};
+static StoreStatement claim_mark_stmt = {
+	.sql = CLAIM_MARK_SQL, .nargs = 3, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID, INT4OID},
+	.read_only = false, .expected = SPI_OK_SELECT, .action = "claim outbox messages"
+};
+static StoreStatement mark_processed_stmt = {
+	.sql = MARK_PROCESSED_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID},
+	.read_only = false, .expected = SPI_OK_UPDATE, .action = "mark outbox messages processed"
+};
+static StoreStatement mark_failed_stmt = {
+	.sql = MARK_FAILED_SQL, .nargs = 8, .argtypes = {UUIDOID, TEXTOID, BOOLOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID},
+	.read_only = false, .expected = SPI_OK_UPDATE_RETURNING, .action = "mark outbox message failed"
+};
+static StoreStatement recover_stmt = {
+	.sql = RECOVER_SQL, .nargs = 1, .argtypes = {TIMESTAMPTZOID},
+	.read_only = false, .expected = SPI_OK_UPDATE, .action = "recover outbox messages"
+};
+static StoreStatement purge_stmt = {
+	.sql = PURGE_SQL, .nargs = 3, .argtypes = {TIMESTAMPTZOID, UUIDOID, INT4OID},
+	.read_only = false, .expected = SPI_OK_DELETE, .action = "purge outbox messages"
+};
+static StoreStatement next_due_stmt = {
+	.sql = NEXT_DUE_SQL, .nargs = 1, .argtypes = {TIMESTAMPTZOID},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "read outbox schedule"
+};
+static StoreStatement retry_failed_stmt = {
+	.sql = RETRY_FAILED_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID},
+	.read_only = false, .expected = SPI_OK_UPDATE, .action = "requeue outbox messages"
+};
 
 /*
- * Prepare a statement the first time it is used, keep it, and return it.
- * Must be called while connected to SPI.
+ * Begin a store call: connect to SPI with search_path pinned to pg_catalog
+ * (so no operator or function in these statements can be taken over by an
+ * object in a schema the caller or a database owner controls), and with
+ * sequential scans of the outbox off.  Every statement here is built for
+ * an index, and a plan kept from when the table was small (a new install,
+ * after a TRUNCATE) would otherwise scan the whole table on every claim
+ * once it has grown.  Setting this in every backend that uses the store
+ * covers the worker and external relays alike.
+ *
+ * Returns the GUC nesting level to hand to store_finish().  Store calls
+ * nest (a trigger on outbox.messages may call retry_failed() from inside
+ * a mark, a function publisher may call fetch_pending()), and each one
+ * undoes exactly its own settings; an error unwinds them with the
+ * (sub)transaction.
  */
-static SPIPlanPtr
-store_plan(StorePlan *cache, const char *sql, int nargs, Oid *argtypes)
+static int
+store_connect(void)
 {
-	if (cache->plan == NULL)
+	int			guc_level = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "could not connect to SPI for the outbox store");
+	return guc_level;
+}
+
+/* End a store call: disconnect from SPI and restore the settings. */
+static void
+store_finish(int guc_level)
+{
+	SPI_finish();
+	AtEOXact_GUC(true, guc_level);
+}
+
+/*
+ * Run a store statement with args (and nulls, in SPI's form, or NULL), on
+ * snapshot when it is valid, returning at most max_rows (0 = all); raise an
+ * error unless it succeeds.  Returns the rows processed; a result is in
+ * SPI_tuptable.  Runs inside a store call.
+ */
+static uint64
+store_execute(StoreStatement *stmt, Datum *args, const char *nulls,
+			  Snapshot snapshot, long max_rows)
+{
+	int			ret;
+
+	if (stmt->plan == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+		SPIPlanPtr	plan = SPI_prepare(stmt->sql, stmt->nargs, stmt->argtypes);
 
 		if (plan == NULL)
 			elog(ERROR, "could not prepare outbox statement: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
-		cache->plan = plan;
+		stmt->plan = plan;
 	}
-	return cache->plan;
+	if (snapshot != InvalidSnapshot)
+		ret = SPI_execute_snapshot(stmt->plan, args, nulls, snapshot, InvalidSnapshot,
+								   stmt->read_only, false, max_rows);
+	else
+		ret = SPI_execute_plan(stmt->plan, args, nulls, stmt->read_only, max_rows);
+	if (ret != stmt->expected)
+		elog(ERROR, "could not %s: %s", stmt->action, SPI_result_code_string(ret));
+	return SPI_processed;
 }
 
-/*
- * GUC nesting level of the store call in progress, so store_finish() can
- * undo its settings.
- */
-static int	store_guc_level = -1;
-
-/*
- * Connect to SPI for one store call, with search_path pinned to pg_catalog
- * (so no operator or function in these statements can be taken over by an
- * object in a schema the caller or a database owner controls), and with
- * sequential scans of the outbox off.  Every statement here is built for an index, and a plan kept from
- * when the table was small (a new install, after a TRUNCATE) would
- * otherwise scan the whole table on every claim once it has grown.  Setting
- * this in every backend that uses the store covers the worker and external
- * relays alike; an error unwinds it with the transaction.
- */
-static void
-store_connect(void)
+/* A whole store call of one statement; returns the rows it processed. */
+static int
+store_run(StoreStatement *stmt, Datum *args, const char *nulls)
 {
-	store_guc_level = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	SPI_connect();
-}
+	int			guc_level = store_connect();
+	int			count = (int) store_execute(stmt, args, nulls, InvalidSnapshot, 0);
 
-/* Disconnect from SPI and restore the settings store_connect() changed. */
-static void
-store_finish(void)
-{
-	SPI_finish();
-	AtEOXact_GUC(true, store_guc_level);
+	store_finish(guc_level);
+	return count;
 }
 
 /* Build a uuid[] from ids. */
@@ -332,64 +410,11 @@ collect_messages(SPITupleTable *tuptable, uint64 nrows, MemoryContext context,
 	MemoryContextSwitchTo(old);
 }
 
-/* The id ranges of the relay workers' batches in flight in this database. */
-typedef struct InflightRanges
-{
-	int			nranges;
-	pg_uuid_t	first[OUTBOX_MAX_DATABASES];
-	pg_uuid_t	last[OUTBOX_MAX_DATABASES];
-} InflightRanges;
-
 /*
- * Read the in-flight ranges.  This must happen after the rows they are
- * checked against are locked: a worker records its batch before its claim
- * commits and lets go of the row locks, so a row this transaction could
- * lock is either not in flight or recorded as such by now.
- */
-static void
-load_inflight_ranges(InflightRanges *ranges)
-{
-	int			i;
-
-	ranges->nranges = 0;
-	/* Without the library preloaded there is no worker. */
-	if (OutboxShared == NULL)
-		return;
-	SpinLockAcquire(&OutboxShared->mutex);
-	for (i = 0; i < OutboxShared->nslots; i++)
-	{
-		OutboxWorkerSlot *slot = &OutboxShared->slots[i];
-
-		if (slot->inflight && slot->dboid == MyDatabaseId)
-		{
-			ranges->first[ranges->nranges] = slot->inflight_first;
-			ranges->last[ranges->nranges] = slot->inflight_last;
-			ranges->nranges++;
-		}
-	}
-	SpinLockRelease(&OutboxShared->mutex);
-}
-
-/* Whether a relay worker is publishing the message with this id. */
-static bool
-is_inflight(const InflightRanges *ranges, const pg_uuid_t *id)
-{
-	int			r;
-
-	for (r = 0; r < ranges->nranges; r++)
-	{
-		if (memcmp(id->data, ranges->first[r].data, UUID_LEN) >= 0 &&
-			memcmp(id->data, ranges->last[r].data, UUID_LEN) <= 0)
-			return true;
-	}
-	return false;
-}
-
-/*
- * A claim's state of one key: whether a message of the key was met
- * that can not be claimed (not due, locked by someone else, changed, in
- * flight, or claimed by an external relay), which holds back every later
- * message of the key.
+ * A claim's state of one key: whether a message of the key was met that
+ * can not be claimed (not due, locked by someone else, changed, in flight,
+ * or claimed by an external relay), which holds back every later message
+ * of the key.
  */
 typedef struct KeyState
 {
@@ -414,17 +439,42 @@ key_state_match(const void *key1, const void *key2, Size keysize)
 	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
 }
 
-/* A claim in progress. */
-typedef struct ClaimState
+/* One message read by a claim's scan. */
+typedef struct ScannedMessage
 {
+	ItemPointerData ctid;
+	pg_uuid_t	id;
+	char	   *key;
+	bool		due;
+	int64		bytes;			/* of the payload */
+	bool		chosen;			/* to be locked */
+} ScannedMessage;
+
+/* A claim in progress. */
+typedef struct Claim
+{
+	/* What is asked for. */
+	int			max_messages;
+	int64		max_bytes;		/* 0: no limit */
+	bool		ordered;		/* per-key order */
+	TimestampTz now;
+	MemoryContext caller;		/* where the batch lives */
+	OutboxBatch *batch;
+
+	/* The key guard. */
 	HTAB	   *keys;			/* KeyState by key */
 	List	   *held_back;		/* text datums of the keys held back */
+
+	/* Progress. */
 	Snapshot	snapshot;		/* every scan of the claim reads this */
-} ClaimState;
+	pg_uuid_t	after;			/* the last id scanned */
+	int64		chosen_bytes;
+	bool		bytes_reached;
+} Claim;
 
 /* The state of a key, created open when new. */
 static KeyState *
-key_state(ClaimState *claim, const char *key)
+key_state(Claim *claim, const char *key)
 {
 	bool		found;
 	KeyState   *state = hash_search(claim->keys, &key, HASH_ENTER, &found);
@@ -440,7 +490,7 @@ key_state(ClaimState *claim, const char *key)
 
 /* Hold back every later message of a key. */
 static void
-hold_back(ClaimState *claim, KeyState *state)
+hold_back(Claim *claim, KeyState *state)
 {
 	if (state->held_back)
 		return;
@@ -462,58 +512,20 @@ key_array(List *keys)
 	return construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT);
 }
 
-/* Hold back the keys of the messages external relays have claimed. */
+/* Start a claim: an empty key guard, and one snapshot for all its scans. */
 static void
-hold_back_processing_keys(ClaimState *claim)
+claim_begin(Claim *claim, int max_messages, int64 max_bytes, bool ordered,
+			TimestampTz now, MemoryContext caller, OutboxBatch *batch)
 {
-	int			ret;
-	uint64		i;
-
-	ret = SPI_execute_snapshot(store_plan(&claim_processing_keys_plan,
-										  CLAIM_PROCESSING_KEYS_SQL, 0, NULL),
-							   NULL, NULL, claim->snapshot, InvalidSnapshot,
-							   true, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read outbox claims: %s", SPI_result_code_string(ret));
-	for (i = 0; i < SPI_processed; i++)
-	{
-		char	   *key = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-
-		hold_back(claim, key_state(claim, key));
-	}
-}
-
-/* One message read by a claim's scan. */
-typedef struct ScannedMessage
-{
-	ItemPointerData ctid;
-	pg_uuid_t	id;
-	char	   *key;
-	bool		due;
-	int64		bytes;			/* of the payload */
-	bool		chosen;			/* to be locked */
-} ScannedMessage;
-
-/*
- * Claim, appending to batch: scan the pending messages in id order, choose
- * the due ones whose key nothing holds back (until their payloads reach
- * max_bytes, when not 0), lock them, and keep those locked and in no relay
- * worker's batch in flight.  Under per-key ordering (ordered) a message is
- * kept only in an unbroken run of its key's oldest unfinished messages;
- * otherwise every message is treated as keyless, and the scan reads only
- * due ones.
- */
-static void
-claim_messages(int max_messages, int64 max_bytes, bool ordered, TimestampTz now,
-			   MemoryContext caller, OutboxBatch *batch)
-{
-	int64		chosen_bytes = 0;
-	bool		bytes_reached = false;
-	ClaimState	claim;
 	HASHCTL		ctl;
-	pg_uuid_t	after;
-	int			limit = max_messages;
-	int			round;
+
+	memset(claim, 0, sizeof(Claim));
+	claim->max_messages = max_messages;
+	claim->max_bytes = max_bytes;
+	claim->ordered = ordered;
+	claim->now = now;
+	claim->caller = caller;
+	claim->batch = batch;
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(char *);
@@ -521,167 +533,240 @@ claim_messages(int max_messages, int64 max_bytes, bool ordered, TimestampTz now,
 	ctl.hash = key_state_hash;
 	ctl.match = key_state_match;
 	ctl.hcxt = CurrentMemoryContext;
-	claim.keys = hash_create("outbox claim keys", 256, &ctl,
-							 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
-	claim.held_back = NIL;
-	claim.snapshot = RegisterSnapshot(GetTransactionSnapshot());
-	memset(&after, 0, sizeof(after));
+	claim->keys = hash_create("outbox claim keys", 256, &ctl,
+							  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	claim->snapshot = RegisterSnapshot(GetTransactionSnapshot());
+}
 
-	if (ordered)
-		hold_back_processing_keys(&claim);
+/* Hold back the keys of the messages external relays have claimed. */
+static void
+claim_hold_back_processing_keys(Claim *claim)
+{
+	uint64		n = store_execute(&claim_processing_keys_stmt, NULL, NULL,
+								  claim->snapshot, 0);
+	uint64		i;
 
-	for (round = 0; round < CLAIM_MAX_ROUNDS && batch->nmessages < max_messages; round++)
+	for (i = 0; i < n; i++)
 	{
-		Oid			scan_types[4] = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID};
-		Oid			lock_types[2] = {TIDARRAYOID, TIMESTAMPTZOID};
-		Datum		args[4];
-		int			ret;
-		int			nscanned;
+		char	   *key = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+		hold_back(claim, key_state(claim, key));
+	}
+}
+
+/*
+ * Step 1: read the next limit pending messages in id order after the last
+ * one read, due or not (only due ones without per-key order), leaving out
+ * the keys held back.  Returns how many were read, into *scanned.
+ */
+static int
+claim_scan(Claim *claim, int limit, ScannedMessage **scanned)
+{
+	Datum		args[4];
+	int			nscanned;
+	int			i;
+
+	args[0] = Int32GetDatum(limit);
+	args[1] = TimestampTzGetDatum(claim->now);
+	args[2] = UUIDPGetDatum(&claim->after);
+	args[3] = PointerGetDatum(key_array(claim->held_back));
+	nscanned = (int) store_execute(claim->ordered ? &claim_scan_stmt : &claim_scan_due_stmt,
+								   args, NULL, claim->snapshot, 0);
+	*scanned = palloc(sizeof(ScannedMessage) * Max(nscanned, 1));
+	for (i = 0; i < nscanned; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	tupdesc = SPI_tuptable->tupdesc;
+		ScannedMessage *m = &(*scanned)[i];
+		bool		isnull;
+
+		ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tuple, tupdesc, 1, &isnull)),
+						&m->ctid);
+		memcpy(&m->id, DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, 2, &isnull)),
+			   sizeof(pg_uuid_t));
+		m->key = claim->ordered ?
+			TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 3, &isnull)) : "";
+		m->due = DatumGetBool(SPI_getbinval(tuple, tupdesc, 4, &isnull));
+		m->bytes = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 5, &isnull));
+		m->chosen = false;
+	}
+	if (nscanned > 0)
+		claim->after = (*scanned)[nscanned - 1].id;
+	SPI_freetuptable(SPI_tuptable);
+	return nscanned;
+}
+
+/*
+ * Step 2: choose the due messages whose key nothing holds back, until their
+ * payloads reach the byte limit; a message not due holds back its key.
+ * Returns how many were chosen, with their row addresses in chosen_ctids.
+ */
+static int
+claim_choose(Claim *claim, ScannedMessage *scanned, int nscanned, Datum *chosen_ctids)
+{
+	int			nchosen = 0;
+	int			i;
+
+	for (i = 0; i < nscanned; i++)
+	{
+		ScannedMessage *m = &scanned[i];
+
+		if (m->key[0] == '\0')
+			m->chosen = m->due;
+		else
+		{
+			KeyState   *state = key_state(claim, m->key);
+
+			if (!m->due)
+				hold_back(claim, state);
+			else if (!state->held_back)
+				m->chosen = true;
+		}
+		if (m->chosen && claim->bytes_reached)
+			m->chosen = false;
+		if (m->chosen)
+		{
+			chosen_ctids[nchosen++] = PointerGetDatum(&m->ctid);
+			claim->chosen_bytes += m->bytes;
+			claim->bytes_reached = claim->max_bytes > 0 &&
+				claim->chosen_bytes >= claim->max_bytes;
+		}
+	}
+	return nchosen;
+}
+
+/*
+ * Step 3: lock the chosen rows by address, skipping those someone else
+ * holds locked and those changed since they were read, and append the
+ * locked ones to the batch (after its first kept messages).  Returns how
+ * many were locked.
+ */
+static int
+claim_lock(Claim *claim, Datum *chosen_ctids, int nchosen)
+{
+	Datum		args[2];
+	uint64		nlocked;
+
+	args[0] = PointerGetDatum(construct_array(chosen_ctids, nchosen, TIDOID,
+											  sizeof(ItemPointerData), false,
+											  TYPALIGN_SHORT));
+	args[1] = TimestampTzGetDatum(claim->now);
+	nlocked = store_execute(&claim_lock_stmt, args, NULL, InvalidSnapshot, 0);
+	collect_messages(SPI_tuptable, nlocked, claim->caller, claim->batch);
+	return (int) nlocked;
+}
+
+/*
+ * Step 4: keep the locked messages that no relay worker is publishing, in
+ * id order, up to max_messages, dropping the rows locked beyond them.
+ * Walks the chosen messages beside the locked rows (both in id order, the
+ * locked ones from index first of the batch): one not kept (not locked, in
+ * flight, or beyond the limit) holds back its key, and so does a key that
+ * missed one before, so a key's kept messages are an unbroken run.
+ *
+ * The in-flight range is read only now, after locking: a worker records
+ * its batch before its claim commits and lets go of the row locks, so a
+ * row this transaction could lock is either not in flight or recorded as
+ * such by now.
+ */
+static void
+claim_keep(Claim *claim, ScannedMessage *scanned, int nscanned, int first, int nlocked)
+{
+	OutboxBatch *batch = claim->batch;
+	pg_uuid_t	inflight_first;
+	pg_uuid_t	inflight_last;
+	bool		inflight = outbox_shmem_read_inflight(MyDatabaseId, &inflight_first,
+													  &inflight_last);
+	int			next_locked = 0;
+	int			kept = first;
+	int			i;
+
+	for (i = 0; i < nscanned; i++)
+	{
+		ScannedMessage *m = &scanned[i];
+		OutboxMessage *lm = NULL;
+		bool		claimable;
+
+		if (!m->chosen)
+			continue;
+		if (next_locked < nlocked &&
+			memcmp(batch->messages[first + next_locked].id.data, m->id.data, UUID_LEN) == 0)
+			lm = &batch->messages[first + next_locked++];
+		claimable = lm != NULL && kept < claim->max_messages &&
+			!(inflight &&
+			  memcmp(m->id.data, inflight_first.data, UUID_LEN) >= 0 &&
+			  memcmp(m->id.data, inflight_last.data, UUID_LEN) <= 0);
+		if (m->key[0] != '\0')
+		{
+			KeyState   *state = key_state(claim, m->key);
+
+			if (state->lock_missed)
+				claimable = false;
+			else if (!claimable)
+			{
+				state->lock_missed = true;
+				hold_back(claim, state);
+			}
+		}
+		if (claimable)
+		{
+			batch->messages[kept] = *lm;
+			batch->tuples[kept] = batch->tuples[lm - batch->messages];
+			kept++;
+		}
+	}
+	batch->nmessages = kept;
+}
+
+/*
+ * Claim, appending to the batch: scan, choose, lock and keep, in rounds.  A
+ * round reads twice as many rows as the one before, and comes only when
+ * held-back messages filled the last one, so the batch is short of
+ * max_messages while due messages may follow.
+ */
+static void
+claim_messages(Claim *claim)
+{
+	int			limit = claim->max_messages;
+	int			round;
+
+	if (claim->ordered)
+		claim_hold_back_processing_keys(claim);
+
+	for (round = 0; round < CLAIM_MAX_ROUNDS &&
+		 claim->batch->nmessages < claim->max_messages; round++)
+	{
 		ScannedMessage *scanned;
 		Datum	   *chosen_ctids;
-		int			nchosen = 0;
-		InflightRanges inflight;
-		SPITupleTable *locked;
-		uint64		nlocked;
-		uint64		next_locked = 0;
-		int			first = batch->nmessages;
-		int			kept = first;
-		int			i;
+		int			nscanned;
+		int			nchosen;
 
-		/* Read the next pending messages, due or not. */
-		args[0] = Int32GetDatum(limit);
-		args[1] = TimestampTzGetDatum(now);
-		args[2] = UUIDPGetDatum(&after);
-		args[3] = PointerGetDatum(key_array(claim.held_back));
-		ret = SPI_execute_snapshot(ordered ?
-								   store_plan(&claim_scan_plan, CLAIM_SCAN_SQL, 4, scan_types) :
-								   store_plan(&claim_scan_due_plan, CLAIM_SCAN_DUE_SQL, 4, scan_types),
-								   args, NULL, claim.snapshot, InvalidSnapshot,
-								   true, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
-		nscanned = (int) SPI_processed;
+		nscanned = claim_scan(claim, limit, &scanned);
 		if (nscanned == 0)
 			break;
-		scanned = palloc(sizeof(ScannedMessage) * nscanned);
 		chosen_ctids = palloc(sizeof(Datum) * nscanned);
-		for (i = 0; i < nscanned; i++)
+		nchosen = claim_choose(claim, scanned, nscanned, chosen_ctids);
+		if (nchosen > 0)
 		{
-			HeapTuple	tuple = SPI_tuptable->vals[i];
-			TupleDesc	tupdesc = SPI_tuptable->tupdesc;
-			ScannedMessage *m = &scanned[i];
-			bool		isnull;
+			int			first = claim->batch->nmessages;
+			int			nlocked = claim_lock(claim, chosen_ctids, nchosen);
 
-			ItemPointerCopy((ItemPointer) DatumGetPointer(SPI_getbinval(tuple, tupdesc, 1, &isnull)), &m->ctid);
-			memcpy(&m->id, DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, 2, &isnull)), sizeof(pg_uuid_t));
-			m->key = ordered ? TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 3, &isnull)) : "";
-			m->due = DatumGetBool(SPI_getbinval(tuple, tupdesc, 4, &isnull));
-			m->bytes = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 5, &isnull));
-			if (m->due)
-				batch->ncandidates++;
-
-			/*
-			 * Choose it when due and its key is not held back; a message not
-			 * due holds back its key.
-			 */
-			m->chosen = false;
-			if (m->key[0] == '\0')
-				m->chosen = m->due;
-			else
-			{
-				KeyState   *state = key_state(&claim, m->key);
-
-				if (!m->due)
-					hold_back(&claim, state);
-				else if (!state->held_back)
-					m->chosen = true;
-			}
-			/* The byte limit reached, nothing more is chosen. */
-			if (m->chosen && bytes_reached)
-				m->chosen = false;
-			if (m->chosen)
-			{
-				chosen_ctids[nchosen++] = PointerGetDatum(&m->ctid);
-				chosen_bytes += m->bytes;
-				bytes_reached = max_bytes > 0 && chosen_bytes >= max_bytes;
-			}
+			claim_keep(claim, scanned, nscanned, first, nlocked);
 		}
-		after = scanned[nscanned - 1].id;
-		SPI_freetuptable(SPI_tuptable);
-
-		/* Lock the chosen ones; whoever holds a lock keeps its row. */
-		if (nchosen == 0)
-			goto next_round;
-		args[0] = PointerGetDatum(construct_array(chosen_ctids, nchosen, TIDOID,
-												  sizeof(ItemPointerData), false,
-												  TYPALIGN_SHORT));
-		args[1] = TimestampTzGetDatum(now);
-		ret = SPI_execute_plan(store_plan(&claim_lock_plan, CLAIM_LOCK_SQL, 2, lock_types),
-							   args, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
-		locked = SPI_tuptable;
-		nlocked = SPI_processed;
-		collect_messages(locked, nlocked, caller, batch);
-		load_inflight_ranges(&inflight);
-
-		/*
-		 * Walk the chosen messages again, in id order, beside the locked
-		 * rows (also in id order): keep one that was locked and is in no
-		 * batch in flight, unless an earlier chosen message of its key was
-		 * not kept; one not kept holds back its key.  (A message not due
-		 * held back its key already, but only for the messages after it.)
-		 */
-		for (i = 0; i < nscanned; i++)
-		{
-			ScannedMessage *m = &scanned[i];
-			OutboxMessage *lm = NULL;
-			bool		claimable;
-
-			if (!m->chosen)
-				continue;
-			if (next_locked < nlocked &&
-				memcmp(batch->messages[first + next_locked].id.data, m->id.data, UUID_LEN) == 0)
-				lm = &batch->messages[first + next_locked++];
-			claimable = lm != NULL && !is_inflight(&inflight, &m->id) &&
-				kept < max_messages;
-			if (m->key[0] != '\0')
-			{
-				KeyState   *state = key_state(&claim, m->key);
-
-				if (state->lock_missed)
-					claimable = false;
-				else if (!claimable)
-				{
-					state->lock_missed = true;
-					hold_back(&claim, state);
-				}
-			}
-			if (claimable)
-			{
-				batch->messages[kept] = *lm;
-				batch->tuples[kept] = batch->tuples[lm - batch->messages];
-				kept++;
-			}
-		}
-		batch->nmessages = kept;
-
-next_round:
-		batch->bytes_reached = bytes_reached;
-		/* Go on only when held-back messages filled this scan. */
-		if (nscanned < limit || bytes_reached)
+		claim->batch->bytes_reached = claim->bytes_reached;
+		if (nscanned < limit || claim->bytes_reached)
 			break;
 		limit = Min(limit * 2, CLAIM_MAX_SCAN_ROWS);
 	}
-	UnregisterSnapshot(claim.snapshot);
+	UnregisterSnapshot(claim->snapshot);
 }
 
 /*
  * Claim up to max_messages due messages in id order, within the current
  * transaction, into batch (allocated in the caller's memory context); with
  * max_bytes not 0, no more once their payloads reach max_bytes (but always
- * one).  Messages in a relay worker's in-flight batch are never claimed.  With
- * set_processing (outbox.fetch_pending), the claimed rows become
+ * one).  Messages in a relay worker's in-flight batch are never claimed.
+ * With set_processing (outbox.fetch_pending), the claimed rows become
  * processing, owned by this backend, and batch->tuples hold them as
  * updated; without it (the relay worker) they stay pending but locked
  * until the transaction ends: a transactional publisher marks them before
@@ -693,17 +778,19 @@ outbox_store_claim(int max_messages, int64 max_bytes, bool ordered_by_key,
 {
 	MemoryContext caller = CurrentMemoryContext;
 	TimestampTz now = GetCurrentTimestamp();
+	Claim		claim;
+	int			guc_level;
 
 	init_batch(batch, caller);
-	store_connect();
-	claim_messages(max_messages, max_bytes, ordered_by_key, now, caller, batch);
+	guc_level = store_connect();
+	claim_begin(&claim, max_messages, max_bytes, ordered_by_key, now, caller, batch);
+	claim_messages(&claim);
 
 	if (set_processing && batch->nmessages > 0)
 	{
 		pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * batch->nmessages);
-		Oid			markargtypes[3] = {UUIDARRAYOID, TIMESTAMPTZOID, INT4OID};
 		Datum		args[3];
-		int			ret;
+		uint64		nclaimed;
 		int			i;
 
 		for (i = 0; i < batch->nmessages; i++)
@@ -711,39 +798,26 @@ outbox_store_claim(int max_messages, int64 max_bytes, bool ordered_by_key,
 		args[0] = PointerGetDatum(uuid_array(ids, batch->nmessages));
 		args[1] = TimestampTzGetDatum(now);
 		args[2] = Int32GetDatum(MyProcPid);
-		ret = SPI_execute_plan(store_plan(&claim_mark_plan, CLAIM_MARK_SQL, 3, markargtypes),
-							   args, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not claim outbox messages: %s", SPI_result_code_string(ret));
+		nclaimed = store_execute(&claim_mark_stmt, args, NULL, InvalidSnapshot, 0);
 		batch->nmessages = 0;
 		batch->tupdesc = NULL;
-		collect_messages(SPI_tuptable, SPI_processed, caller, batch);
+		collect_messages(SPI_tuptable, nclaimed, caller, batch);
 	}
 
-	store_finish();
+	store_finish(guc_level);
 }
 
 /* Mark messages processed; returns how many changed. */
 int
 outbox_store_mark_processed(const pg_uuid_t *ids, int nids)
 {
-	Oid			argtypes[2] = {UUIDARRAYOID, TIMESTAMPTZOID};
 	Datum		args[2];
-	int			ret;
-	int			count;
 
 	if (nids == 0)
 		return 0;
-	store_connect();
 	args[0] = PointerGetDatum(uuid_array(ids, nids));
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	ret = SPI_execute_plan(store_plan(&mark_processed_plan, MARK_PROCESSED_SQL, 2, argtypes),
-						   args, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "could not mark outbox messages processed: %s", SPI_result_code_string(ret));
-	count = (int) SPI_processed;
-	store_finish();
-	return count;
+	return store_run(&mark_processed_stmt, args, NULL);
 }
 
 /*
@@ -758,14 +832,11 @@ outbox_store_mark_failed(const pg_uuid_t *id, const char *error, bool permanent,
 						 TimestampTz retry_at)
 {
 	MemoryContext caller = CurrentMemoryContext;
-	Oid			argtypes[8] = {UUIDOID, TEXTOID, BOOLOID, INT4OID, TIMESTAMPTZOID,
-	TIMESTAMPTZOID, INT4OID, INT4OID};
 	Datum		args[8];
 	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int			ret;
 	const char *status = NULL;
+	int			guc_level;
 
-	store_connect();
 	args[0] = UUIDPGetDatum(id);
 	if (error)
 		args[1] = CStringGetTextDatum(error);
@@ -779,17 +850,12 @@ outbox_store_mark_failed(const pg_uuid_t *id, const char *error, bool permanent,
 	args[5] = TimestampTzGetDatum(GetCurrentTimestamp());
 	args[6] = Int32GetDatum(outbox_retry_backoff);
 	args[7] = Int32GetDatum(outbox_retry_backoff_max);
-	ret = SPI_execute_plan(store_plan(&mark_failed_plan, MARK_FAILED_SQL, 8, argtypes),
-						   args, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not mark outbox message failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed > 0)
-	{
-		char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
-		status = MemoryContextStrdup(caller, value);
-	}
-	store_finish();
+	guc_level = store_connect();
+	if (store_execute(&mark_failed_stmt, args, nulls, InvalidSnapshot, 0) > 0)
+		status = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1));
+	store_finish(guc_level);
 	return status;
 }
 
@@ -800,21 +866,11 @@ outbox_store_mark_failed(const pg_uuid_t *id, const char *error, bool permanent,
 int
 outbox_store_recover_stuck(void)
 {
-	Oid			argtypes[1] = {TIMESTAMPTZOID};
 	Datum		args[1];
-	int			ret;
-	int			count;
 
-	store_connect();
 	args[0] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															  -(int64) outbox_processing_timeout));
-	ret = SPI_execute_plan(store_plan(&recover_plan, RECOVER_SQL, 1, argtypes),
-						   args, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "could not recover outbox messages: %s", SPI_result_code_string(ret));
-	count = (int) SPI_processed;
-	store_finish();
-	return count;
+	return store_run(&recover_stmt, args, NULL);
 }
 
 /*
@@ -824,13 +880,10 @@ outbox_store_recover_stuck(void)
 int
 outbox_store_purge_processed(int max_rows)
 {
-	Oid			argtypes[3] = {TIMESTAMPTZOID, UUIDOID, INT4OID};
 	Datum		args[3];
 	TimestampTz cutoff;
 	pg_uuid_t	bound;
 	uint64		cutoff_ms;
-	int			ret;
-	int			count;
 	int			i;
 
 	if (outbox_retention < 0)
@@ -844,17 +897,10 @@ outbox_store_purge_processed(int max_rows)
 	for (i = 0; i < 6; i++)
 		bound.data[i] = (unsigned char) (cutoff_ms >> (40 - 8 * i));
 
-	store_connect();
 	args[0] = TimestampTzGetDatum(cutoff);
 	args[1] = UUIDPGetDatum(&bound);
 	args[2] = Int32GetDatum(max_rows);
-	ret = SPI_execute_plan(store_plan(&purge_plan, PURGE_SQL, 3, argtypes),
-						   args, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "could not purge outbox messages: %s", SPI_result_code_string(ret));
-	count = (int) SPI_processed;
-	store_finish();
-	return count;
+	return store_run(&purge_stmt, args, NULL);
 }
 
 /*
@@ -864,15 +910,13 @@ outbox_store_purge_processed(int max_rows)
 TimestampTz
 outbox_store_next_due(void)
 {
-	int			ret;
+	Datum		args[1];
 	TimestampTz due = 0;
+	int			guc_level;
 
-	store_connect();
-	ret = SPI_execute_plan(store_plan(&next_due_plan, NEXT_DUE_SQL, 0, NULL),
-						   NULL, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read outbox schedule: %s", SPI_result_code_string(ret));
-	if (SPI_processed > 0)
+	args[0] = TimestampTzGetDatum(GetCurrentTimestamp());
+	guc_level = store_connect();
+	if (store_execute(&next_due_stmt, args, NULL, InvalidSnapshot, 1) > 0)
 	{
 		bool		isnull;
 		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -880,7 +924,7 @@ outbox_store_next_due(void)
 		if (!isnull)
 			due = DatumGetTimestampTz(value);
 	}
-	store_finish();
+	store_finish(guc_level);
 	return due;
 }
 
@@ -888,24 +932,14 @@ outbox_store_next_due(void)
 int
 outbox_store_retry_failed(ArrayType *ids)
 {
-	Oid			argtypes[2] = {UUIDARRAYOID, TIMESTAMPTZOID};
 	Datum		args[2];
 	char		nulls[2] = {' ', ' '};
-	int			ret;
-	int			count;
 
-	store_connect();
 	args[0] = PointerGetDatum(ids);
 	if (ids == NULL)
 		nulls[0] = 'n';
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	ret = SPI_execute_plan(store_plan(&retry_failed_plan, RETRY_FAILED_SQL, 2, argtypes),
-						   args, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "could not requeue outbox messages: %s", SPI_result_code_string(ret));
-	count = (int) SPI_processed;
-	store_finish();
-	return count;
+	return store_run(&retry_failed_stmt, args, nulls);
 }
 
 /* Turn a uuid[] argument into a C array, rejecting NULL elements. */

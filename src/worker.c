@@ -4,21 +4,23 @@
  *		The relay worker: one per database, it claims committed messages,
  *		hands them to the publisher and marks the outcome.
  *
- * The loop, modelled on worker_spi and autoprewarm:
- *	- claim a batch in a short transaction (FOR UPDATE SKIP LOCKED);
- *	- publish it with no transaction open, or, for a transactional
- *	  publisher such as NOTIFY, inside the claiming transaction;
- *	- mark each message processed or failed in a short transaction.
- *	  Meanwhile the batch's messages stay pending in the table: the worker
- *	  records the batch as in flight in its shared-memory slot before the
- *	  claim commits, which keeps outbox.fetch_pending off them, and clears
- *	  it once they are marked.  Nothing is written to claim them, and a
- *	  worker that dies leaves nothing behind to recover;
- *	- go again at once while batches come back full, else sleep on the
- *	  latch until a commit wakes it, a retry falls due, or
- *	  outbox.poll_interval passes.
+ * The loop, modelled on worker_spi and autoprewarm: relay a batch, go again
+ * at once while batches come back full, else sleep on the latch until a
+ * commit wakes it, a retry falls due, or outbox.poll_interval passes.
  * Every few seconds it also returns stuck claims to pending and deletes
  * processed messages older than outbox.retention.
+ *
+ * A batch is relayed in one of two ways, each a function read top to
+ * bottom:
+ *	- relay_batch_in_transaction(), for a transactional publisher (notify,
+ *	  function): claim, publish and mark in one transaction, so that what
+ *	  the publisher did commits with the marks, or not at all;
+ *	- relay_batch_detached(), for any other (http, brokers): claim in a
+ *	  short transaction (FOR UPDATE SKIP LOCKED) that records the batch as
+ *	  in flight in shared memory before it commits, publish with no
+ *	  transaction open, mark in another short transaction, then clear the
+ *	  record.  Nothing is written to claim the messages: they stay pending
+ *	  in the table, and a worker that dies leaves nothing behind.
  *
  * A batch may hold several messages of one key (in id order).  The worker
  * hands them to the publisher in waves, at most one message per key in a
@@ -26,10 +28,11 @@
  * not attempted: per-key order holds even with a publisher that delivers a
  * wave concurrently.
  *
- * An ERROR thrown by a publisher costs only the batch: the worker logs it,
- * and publishes the next batch one message at a time (each in its own
- * subtransaction when transactional), so a message that always fails is
- * pinned down and retried on its own without stopping the others.
+ * An ERROR thrown by a publisher costs only the batch: the worker cleans up
+ * as bgwriter does (also with no transaction open), logs it, and publishes
+ * the next batch one message at a time (each in its own subtransaction
+ * when transactional), so a message that always fails is pinned down and
+ * retried on its own without stopping the others.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -39,21 +42,28 @@
 
 #include "access/xact.h"
 #include "commands/extension.h"
-#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/bufmgr.h"
+#include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "outbox.h"
+#include "publisher.h"
+#include "shmem.h"
+#include "store.h"
+#include "worker.h"
 
 /* How often stuck claims are recovered and old messages purged. */
 #define MAINTENANCE_INTERVAL_MS	5000
@@ -69,8 +79,14 @@
 /* Longest pause after an unexpected error. */
 #define MAX_ERROR_BACKOFF_MS	30000
 
-/* This worker's slot in shared memory. */
-static OutboxWorkerSlot *my_slot = NULL;
+/*
+ * A publisher's retry_at is honoured up to an hour from now, or the longest
+ * backoff when that is longer.
+ */
+#define RETRY_AT_MAX_MS			(3600 * 1000)
+
+/* The database this worker relays. */
+static char my_dbname[NAMEDATALEN];
 
 /* The publisher in use, and the name it was selected by. */
 static const OutboxPublisher *publisher = NULL;
@@ -80,56 +96,9 @@ static bool publisher_ready = false;
 /* Publish the next batch one message at a time, after an error. */
 static bool careful_next_batch = false;
 
-/* Whether the latch was set (and reset) while a publisher waited. */
-static bool woken_while_publishing = false;
-
-/* The configuration was reloaded while a publisher waited. */
-static bool publisher_reload_pending = false;
-
-/* Memory for one batch, reset before each. */
+/* Memory for the worker's life, and for one batch (reset before each). */
+static MemoryContext worker_context = NULL;
 static MemoryContext batch_context = NULL;
-
-/*
- * Record the batch about to be published as in flight in this worker's
- * slot.  Called before the claiming transaction commits, so that whoever
- * locks one of these rows after the commit finds it recorded.
- */
-static void
-set_inflight(const OutboxBatch *batch)
-{
-	SpinLockAcquire(&OutboxShared->mutex);
-	my_slot->inflight = true;
-	my_slot->inflight_first = batch->messages[0].id;
-	my_slot->inflight_last = batch->messages[batch->nmessages - 1].id;
-	SpinLockRelease(&OutboxShared->mutex);
-}
-
-/*
- * The batch in flight is marked, or given up after an error: its messages
- * may be claimed again.
- */
-static void
-clear_inflight(void)
-{
-	SpinLockAcquire(&OutboxShared->mutex);
-	my_slot->inflight = false;
-	SpinLockRelease(&OutboxShared->mutex);
-}
-
-/* Clear this worker's slot when it exits, however it exits. */
-static void
-detach_slot(int code, Datum arg)
-{
-	SpinLockAcquire(&OutboxShared->mutex);
-	if (my_slot->pid == MyProcPid)
-	{
-		my_slot->pid = 0;
-		my_slot->latch = NULL;
-		my_slot->inflight = false;
-	}
-	SpinLockRelease(&OutboxShared->mutex);
-	outbox_wake_launcher();
-}
 
 /* Call the current publisher's shutdown callback when the worker exits. */
 static void
@@ -203,10 +172,55 @@ reload_settings(void)
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
 	}
-	publisher_reload_pending = false;
+	(void) outbox_publisher_take_reload();
 	if (publisher && publisher_ready && publisher->reload &&
 		strcmp(publisher_name, outbox_publisher_name) == 0)
 		publisher->reload();
+}
+
+/*
+ * Start a transaction with a snapshot for store calls.  The caller's memory
+ * context stays current (StartTransactionCommand switches to the
+ * transaction's), so that what the calls return outlives the transaction.
+ */
+static void
+begin_store_transaction(const char *activity)
+{
+	MemoryContext caller = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+	MemoryContextSwitchTo(caller);
+}
+
+/* Commit a transaction begun by begin_store_transaction. */
+static void
+end_store_transaction(void)
+{
+	MemoryContext caller = CurrentMemoryContext;
+
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextSwitchTo(caller);
+}
+
+/*
+ * Release what an ERROR may leave held when no transaction is open to be
+ * aborted: LWLocks, a condition variable sleep, the wait event, buffer pins
+ * and hash table scans, as bgwriter and walwriter do in their error blocks.
+ * Inside a transaction, aborting it does the same.
+ */
+static void
+release_after_error(void)
+{
+	LWLockReleaseAll();
+	ConditionVariableCancelSleep();
+	pgstat_report_wait_end();
+	UnlockBuffers();
+	AtEOXact_HashTables(false);
 }
 
 /*
@@ -242,7 +256,8 @@ previous_of_same_key(OutboxBatch *batch)
 /*
  * Publish one message on its own, turning an ERROR into a failed attempt
  * with the error's message.  A transactional publisher runs in a
- * subtransaction, so the error undoes only this message's effects.
+ * subtransaction, so the error undoes only this message's effects; any
+ * other is cleaned up after the way the worker's own error block does.
  */
 static void
 publish_one_carefully(OutboxMessage *message, OutboxPublishResult *result)
@@ -271,6 +286,8 @@ publish_one_carefully(OutboxMessage *message, OutboxPublishResult *result)
 		FlushErrorState();
 		if (publisher->in_transaction)
 			RollbackAndReleaseCurrentSubTransaction();
+		else
+			release_after_error();
 		result->status = OUTBOX_PUBLISH_RETRY;
 		result->error = pstrdup(error->message);
 		FreeErrorData(error);
@@ -282,21 +299,25 @@ publish_one_carefully(OutboxMessage *message, OutboxPublishResult *result)
 
 /*
  * Publish a batch in waves with at most one message per key each, skipping
- * messages whose predecessor of the same key did not succeed.
+ * messages whose predecessor of the same key did not succeed.  Returns one
+ * result per message.
  */
-static void
-publish_batch(OutboxBatch *batch, OutboxPublishResult *results, bool carefully)
+static OutboxPublishResult *
+publish_batch(OutboxBatch *batch, bool carefully)
 {
+	int			n = Max(batch->nmessages, 1);
+	OutboxPublishResult *results = palloc0(sizeof(OutboxPublishResult) * n);
 	int		   *previous = previous_of_same_key(batch);
-	bool	   *done = palloc0(sizeof(bool) * Max(batch->nmessages, 1));
-	OutboxMessage *wave = palloc(sizeof(OutboxMessage) * Max(batch->nmessages, 1));
-	OutboxPublishResult *wave_results = palloc(sizeof(OutboxPublishResult) * Max(batch->nmessages, 1));
-	int		   *wave_index = palloc(sizeof(int) * Max(batch->nmessages, 1));
+	bool	   *done = palloc0(sizeof(bool) * n);
+	OutboxMessage *wave = palloc(sizeof(OutboxMessage) * n);
+	OutboxPublishResult *wave_results = palloc(sizeof(OutboxPublishResult) * n);
+	int		   *wave_index = palloc(sizeof(int) * n);
 	int			remaining = batch->nmessages;
 
+	pgstat_report_activity(STATE_RUNNING, "publishing outbox messages");
 	while (remaining > 0)
 	{
-		int			n = 0;
+		int			nwave = 0;
 		int			i;
 
 		/* A message joins the wave once its predecessor is done. */
@@ -313,29 +334,30 @@ publish_batch(OutboxBatch *batch, OutboxPublishResult *results, bool carefully)
 				remaining--;
 				continue;
 			}
-			wave[n] = batch->messages[i];
-			wave_index[n] = i;
-			n++;
+			wave[nwave] = batch->messages[i];
+			wave_index[nwave] = i;
+			nwave++;
 		}
-		if (n == 0)
+		if (nwave == 0)
 			continue;
 
-		memset(wave_results, 0, sizeof(OutboxPublishResult) * n);
+		memset(wave_results, 0, sizeof(OutboxPublishResult) * nwave);
 		if (carefully)
 		{
-			for (i = 0; i < n; i++)
+			for (i = 0; i < nwave; i++)
 				publish_one_carefully(&wave[i], &wave_results[i]);
 		}
 		else
-			publisher->publish(wave, n, wave_results);
+			publisher->publish(wave, nwave, wave_results);
 
-		for (i = 0; i < n; i++)
+		for (i = 0; i < nwave; i++)
 		{
 			results[wave_index[i]] = wave_results[i];
 			done[wave_index[i]] = true;
 		}
-		remaining -= n;
+		remaining -= nwave;
 	}
+	return results;
 }
 
 /* Record the publisher's results in the store. */
@@ -343,6 +365,9 @@ static void
 record_results(OutboxBatch *batch, OutboxPublishResult *results)
 {
 	pg_uuid_t  *ok = palloc(sizeof(pg_uuid_t) * Max(batch->nmessages, 1));
+	TimestampTz latest_retry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														   Max((int64) RETRY_AT_MAX_MS,
+															   (int64) outbox_retry_backoff_max));
 	int			nok = 0;
 	int			i;
 
@@ -363,98 +388,126 @@ record_results(OutboxBatch *batch, OutboxPublishResult *results)
 				outbox_store_mark_failed(&m->id,
 										 results[i].error ? results[i].error : "publish failed",
 										 results[i].status == OUTBOX_PUBLISH_REJECT,
-										 results[i].retry_at);
+										 Min(results[i].retry_at, latest_retry));
 				break;
 		}
 	}
 	outbox_store_mark_processed(ok, nok);
 }
 
-/* Start a transaction with a snapshot, for store calls. */
-static void
-begin_store_transaction(const char *activity)
+/* Claim a batch, in the current transaction, into the current context. */
+static OutboxBatch *
+claim_batch(void)
 {
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
+	OutboxBatch *batch = palloc0(sizeof(OutboxBatch));
 
-/* Commit a transaction begun by begin_store_transaction. */
-static void
-end_store_transaction(void)
-{
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	outbox_store_claim(outbox_batch_size, (int64) outbox_batch_max_bytes * 1024,
+					   outbox_ordering == OUTBOX_ORDERING_KEY, false, batch);
+	return batch;
 }
 
 /*
- * Claim, publish and mark one batch.  Returns true when the batch came back
- * full, so more messages are probably due; sets *next_due when nothing was
- * due but a delayed message will be.
+ * Whether more messages are probably due at once: the batch was cut by its
+ * size or byte limit, and the publisher attempted something (one that is
+ * not configured yet makes no progress, and must not be called in a loop).
  */
+static bool
+batch_was_full(OutboxBatch *batch, OutboxPublishResult *results)
+{
+	int			i;
+
+	if (batch->nmessages < outbox_batch_size && !batch->bytes_reached)
+		return false;
+	for (i = 0; i < batch->nmessages; i++)
+	{
+		if (results[i].status != OUTBOX_PUBLISH_SKIPPED)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Relay one batch with a transactional publisher: claim, publish and mark
+ * in one transaction.  Returns whether more are probably due at once;
+ * otherwise sets *next_due to the earliest retry still to come (0: none),
+ * read after the marks, which may have just scheduled one.
+ */
+static bool
+relay_batch_in_transaction(bool carefully, TimestampTz *next_due)
+{
+	OutboxBatch *batch;
+	bool		more = false;
+
+	begin_store_transaction("relaying outbox messages");
+	batch = claim_batch();
+	if (batch->nmessages > 0)
+	{
+		OutboxPublishResult *results = publish_batch(batch, carefully);
+
+		record_results(batch, results);
+		more = batch_was_full(batch, results);
+	}
+	if (!more)
+		*next_due = outbox_store_next_due();
+	end_store_transaction();
+	return more;
+}
+
+/*
+ * Relay one batch with a publisher that is not transactional: claim in a
+ * short transaction that records the batch in flight before it commits,
+ * publish with no transaction open, mark in another short transaction, and
+ * only then let the batch's messages be claimed again.  Returns like
+ * relay_batch_in_transaction().
+ */
+static bool
+relay_batch_detached(bool carefully, TimestampTz *next_due)
+{
+	OutboxBatch *batch;
+	OutboxPublishResult *results;
+	bool		more;
+
+	begin_store_transaction("claiming outbox messages");
+	batch = claim_batch();
+	if (batch->nmessages == 0)
+	{
+		*next_due = outbox_store_next_due();
+		end_store_transaction();
+		return false;
+	}
+	outbox_shmem_set_inflight(&batch->messages[0].id,
+							  &batch->messages[batch->nmessages - 1].id);
+	end_store_transaction();
+
+	results = publish_batch(batch, carefully);
+
+	begin_store_transaction("marking outbox messages");
+	record_results(batch, results);
+	more = batch_was_full(batch, results);
+	if (!more)
+		*next_due = outbox_store_next_due();
+	end_store_transaction();
+	outbox_shmem_clear_inflight();
+	return more;
+}
+
+/* Relay one batch, in the batch's memory context. */
 static bool
 relay_batch(TimestampTz *next_due)
 {
-	OutboxBatch *batch;
 	bool		carefully = careful_next_batch;
-	bool		full;
+	bool		more;
 	MemoryContext old;
 
+	careful_next_batch = false;
 	MemoryContextReset(batch_context);
 	old = MemoryContextSwitchTo(batch_context);
-	batch = palloc0(sizeof(OutboxBatch));
-
-	begin_store_transaction("claiming outbox messages");
-	/* The batch must outlive the claiming transaction. */
-	MemoryContextSwitchTo(batch_context);
-	outbox_store_claim(outbox_batch_size, (int64) outbox_batch_max_bytes * 1024,
-					   outbox_ordering == OUTBOX_ORDERING_KEY, false, batch);
-	full = (batch->ncandidates >= outbox_batch_size || batch->bytes_reached) &&
-		batch->nmessages > 0;
-	if (batch->ncandidates == 0)
-		*next_due = outbox_store_next_due();
-
-	if (!publisher->in_transaction)
-	{
-		if (batch->nmessages > 0)
-			set_inflight(batch);
-		end_store_transaction();
-		MemoryContextSwitchTo(batch_context);
-	}
-
-	if (batch->nmessages > 0)
-	{
-		OutboxPublishResult *results = palloc0(sizeof(OutboxPublishResult) * batch->nmessages);
-
-		pgstat_report_activity(STATE_RUNNING, "publishing outbox messages");
-		publish_batch(batch, results, carefully);
-
-		/*
-		 * A publisher that attempted nothing (say, it is not configured yet)
-		 * makes no progress: sleep before claiming the same messages again.
-		 */
-		if (full)
-		{
-			int			i;
-
-			full = false;
-			for (i = 0; i < batch->nmessages && !full; i++)
-				full = results[i].status != OUTBOX_PUBLISH_SKIPPED;
-		}
-
-		if (!publisher->in_transaction)
-			begin_store_transaction("marking outbox messages");
-		record_results(batch, results);
-		end_store_transaction();
-	}
-	else if (publisher->in_transaction)
-		end_store_transaction();
-	clear_inflight();
-	careful_next_batch = false;
+	if (publisher->in_transaction)
+		more = relay_batch_in_transaction(carefully, next_due);
+	else
+		more = relay_batch_detached(carefully, next_due);
 	MemoryContextSwitchTo(old);
-	return full;
+	return more;
 }
 
 /* Return stuck claims to pending. */
@@ -496,58 +549,72 @@ extension_installed(void)
 
 /*
  * Exit quietly when the extension is not installed here, logging it once
- * until it is installed; the launcher checks again later.
+ * until it is installed; the launcher checks again later, or at once when
+ * a commit saves messages.
  */
 static void
 exit_if_extension_missing(void)
 {
-	bool		reported;
-
 	if (extension_installed())
 	{
-		SpinLockAcquire(&OutboxShared->mutex);
-		my_slot->extension_missing = false;
-		SpinLockRelease(&OutboxShared->mutex);
+		(void) outbox_shmem_note_extension_missing(false);
 		return;
 	}
-
-	SpinLockAcquire(&OutboxShared->mutex);
-	reported = my_slot->extension_missing;
-	my_slot->extension_missing = true;
-	SpinLockRelease(&OutboxShared->mutex);
-	if (!reported)
+	if (!outbox_shmem_note_extension_missing(true))
 		ereport(LOG,
 				(errmsg("outbox worker: extension \"outbox\" is not installed in database \"%s\"",
-						my_slot->dbname),
+						my_dbname),
 				 errhint("Run CREATE EXTENSION outbox in that database; the worker checks again every few seconds.")));
 	proc_exit(0);
 }
 
 /*
- * After an unexpected error: clean up the transaction, give the batch in
- * flight back (its messages are still pending: a claim wrote nothing), and
- * publish the next batch carefully.
+ * After an unexpected error: report it, release what it left held (with
+ * or without a transaction to abort), give the batch in flight back (its
+ * messages are still pending: a claim wrote nothing), and publish the next
+ * batch carefully.
  */
 static void
-recover_from_error(MemoryContext worker_context)
+recover_from_error(void)
 {
-	MemoryContextSwitchTo(worker_context);
+	error_context_stack = NULL;
+	HOLD_INTERRUPTS();
 	EmitErrorReport();
-	FlushErrorState();
+	release_after_error();
 	AbortCurrentTransaction();
+	MemoryContextSwitchTo(worker_context);
+	FlushErrorState();
+	RESUME_INTERRUPTS();
+
 	pgstat_report_activity(STATE_IDLE, NULL);
-	clear_inflight();
+	outbox_shmem_clear_inflight();
 	careful_next_batch = true;
 	exit_if_extension_missing();
+}
+
+/*
+ * How long to sleep: the poll interval, or less when a retry or the next
+ * purge falls due sooner; after an error, the error backoff.
+ */
+static long
+sleep_time(TimestampTz next_due, TimestampTz next_purge, int error_backoff_ms)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		timeout_ms = outbox_poll_interval;
+
+	if (error_backoff_ms > 0)
+		return error_backoff_ms;
+	if (next_due > now)
+		timeout_ms = Min(timeout_ms, (long) ((next_due - now) / 1000) + 1);
+	if (next_purge > now)
+		timeout_ms = Min(timeout_ms, (long) ((next_purge - now) / 1000) + 1);
+	return timeout_ms;
 }
 
 /* Entry point of a relay worker; main_arg is its slot number. */
 void
 outbox_worker_main(Datum main_arg)
 {
-	int			slot_index = DatumGetInt32(main_arg);
-	char		dbname[NAMEDATALEN];
-	MemoryContext worker_context;
 	volatile TimestampTz last_recovery = 0;
 	volatile TimestampTz next_purge = 0;
 	volatile int error_backoff_ms = 0;
@@ -556,22 +623,13 @@ outbox_worker_main(Datum main_arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	my_slot = &OutboxShared->slots[slot_index];
-	SpinLockAcquire(&OutboxShared->mutex);
-	strlcpy(dbname, my_slot->dbname, NAMEDATALEN);
-	SpinLockRelease(&OutboxShared->mutex);
+	/* One worker per database: a second one exits here. */
+	outbox_shmem_attach_worker(DatumGetInt32(main_arg), my_dbname);
 
-	BackgroundWorkerInitializeConnection(dbname,
+	BackgroundWorkerInitializeConnection(my_dbname,
 										 outbox_role[0] ? outbox_role : NULL, 0);
+	outbox_shmem_worker_connected();
 	pgstat_report_appname("outbox worker");
-
-	SpinLockAcquire(&OutboxShared->mutex);
-	my_slot->pid = MyProcPid;
-	my_slot->latch = MyLatch;
-	my_slot->dboid = MyDatabaseId;
-	my_slot->start_requested = false;
-	SpinLockRelease(&OutboxShared->mutex);
-	before_shmem_exit(detach_slot, (Datum) 0);
 	before_shmem_exit(shutdown_publisher, (Datum) 0);
 
 	/*
@@ -590,16 +648,15 @@ outbox_worker_main(Datum main_arg)
 	MemoryContextSwitchTo(worker_context);
 
 	ereport(LOG,
-			(errmsg("outbox worker started for database \"%s\"", dbname)));
+			(errmsg("outbox worker started for database \"%s\"", my_dbname)));
 
 	for (;;)
 	{
 		bool		more = false;
 		TimestampTz next_due = 0;
-		long		timeout_ms;
 
 		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending || publisher_reload_pending)
+		if (ConfigReloadPending || outbox_publisher_take_reload())
 			reload_settings();
 
 		PG_TRY();
@@ -628,79 +685,21 @@ outbox_worker_main(Datum main_arg)
 		}
 		PG_CATCH();
 		{
-			recover_from_error(worker_context);
+			recover_from_error();
 			error_backoff_ms = Min(Max(error_backoff_ms * 2, 100), MAX_ERROR_BACKOFF_MS);
 		}
 		PG_END_TRY();
 
-		if (woken_while_publishing)
-		{
-			/* A commit's wake-up went to the publisher's wait: keep it. */
-			woken_while_publishing = false;
+		/* A commit's wake-up that went to the publisher's wait: keep it. */
+		if (outbox_publisher_take_wakeup())
 			SetLatch(MyLatch);
-		}
-		if (more && error_backoff_ms == 0 && !ConfigReloadPending &&
-			!publisher_reload_pending)
+		if (more && error_backoff_ms == 0)
 			continue;
-
-		timeout_ms = error_backoff_ms > 0 ? error_backoff_ms : outbox_poll_interval;
-		if (error_backoff_ms == 0)
-		{
-			TimestampTz now = GetCurrentTimestamp();
-
-			/* Wake for the next retry that falls due, and the next purge. */
-			if (next_due > now)
-				timeout_ms = Min(timeout_ms, (long) ((next_due - now) / 1000) + 1);
-			if (next_purge > now)
-				timeout_ms = Min(timeout_ms, (long) ((next_purge - now) / 1000) + 1);
-		}
 
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 timeout_ms,
+						 sleep_time(next_due, next_purge, error_backoff_ms),
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
-}
-
-/*
- * Public API (outbox_publisher.h): wait for the latch, a socket or a
- * timeout while a publisher has requests in flight, staying responsive to
- * SIGTERM, SIGHUP and postmaster death.
- */
-int
-OutboxPublisherWait(pgsocket sock, int socket_events, long timeout_ms)
-{
-	int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
-	int			rc;
-
-	if (timeout_ms >= 0)
-		events |= WL_TIMEOUT;
-	if (sock != PGINVALID_SOCKET && socket_events != 0)
-		events |= socket_events;
-
-	if (sock != PGINVALID_SOCKET && socket_events != 0)
-		rc = WaitLatchOrSocket(MyLatch, events, sock, timeout_ms, PG_WAIT_EXTENSION);
-	else
-		rc = WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
-	if (rc & WL_LATCH_SET)
-	{
-		ResetLatch(MyLatch);
-		woken_while_publishing = true;
-	}
-	CHECK_FOR_INTERRUPTS();
-
-	/*
-	 * SIGHUP: read the configuration now, even in the middle of a long
-	 * batch, so that settings such as log levels take effect at once; the
-	 * publisher's own reload() waits for the end of the batch, so that it
-	 * never rebuilds its transport under requests in flight.
-	 */
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-		publisher_reload_pending = true;
-	}
-	return rc;
 }

@@ -19,14 +19,13 @@
 
 #include "catalog/pg_type.h"
 #include "common/base64.h"
-#include "common/jsonapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-#include "outbox.h"
+#include "builtin.h"
 
 /* How the payload goes into the envelope. */
 typedef enum PayloadForm
@@ -39,33 +38,25 @@ typedef enum PayloadForm
 /*
  * Decide how to embed a payload.  Text must be valid UTF-8 and, in a
  * database of another encoding, plain ASCII, so that it reads the same in
- * the notification (which is in the database encoding).  On success *text
- * is a NUL-terminated copy.
+ * the notification (which is in the database encoding).
  */
 static PayloadForm
-payload_form(const OutboxMessage *message, char **text)
+payload_form(const OutboxMessage *message)
 {
-	JsonLexContext *lex;
+	OutboxPayloadKind kind = OutboxPayloadKindOf(message);
+	int			i;
 
-	if (!pg_verify_mbstr(PG_UTF8, message->payload, message->payload_len, true))
+	if (kind == OUTBOX_PAYLOAD_BINARY)
 		return PAYLOAD_BASE64;
 	if (GetDatabaseEncoding() != PG_UTF8)
 	{
-		int			i;
-
 		for (i = 0; i < message->payload_len; i++)
 		{
 			if (IS_HIGHBIT_SET(message->payload[i]))
 				return PAYLOAD_BASE64;
 		}
 	}
-	*text = pnstrdup(message->payload, message->payload_len);
-	lex = makeJsonLexContextCstringLen(*text, message->payload_len,
-									   GetDatabaseEncoding(), false);
-	if (message->payload_len > 0 &&
-		pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS)
-		return PAYLOAD_JSON;
-	return PAYLOAD_TEXT;
+	return kind == OUTBOX_PAYLOAD_JSON ? PAYLOAD_JSON : PAYLOAD_TEXT;
 }
 
 /* Build the envelope of a message, palloc'd in the current context. */
@@ -73,7 +64,6 @@ char *
 outbox_message_envelope(const OutboxMessage *message)
 {
 	StringInfoData buf;
-	char	   *text = NULL;
 	char	   *created_at;
 
 	initStringInfo(&buf);
@@ -87,13 +77,13 @@ outbox_message_envelope(const OutboxMessage *message)
 	(void) JsonbToCString(&buf, &message->headers->root, VARSIZE(message->headers));
 	appendStringInfoString(&buf, ", \"payload\": ");
 
-	switch (payload_form(message, &text))
+	switch (payload_form(message))
 	{
 		case PAYLOAD_JSON:
-			appendStringInfoString(&buf, text);
+			appendBinaryStringInfo(&buf, message->payload, message->payload_len);
 			break;
 		case PAYLOAD_TEXT:
-			escape_json(&buf, text);
+			escape_json(&buf, pnstrdup(message->payload, message->payload_len));
 			break;
 		case PAYLOAD_BASE64:
 			{

@@ -44,7 +44,7 @@
 #include "utils/resowner.h"
 #include "utils/varlena.h"
 
-#include "outbox.h"
+#include "builtin.h"
 
 /* outbox.publisher_function (reload) */
 static char *publisher_function = NULL;
@@ -54,7 +54,8 @@ static SPIPlanPtr call_plan = NULL;
 static Oid	call_plan_function = InvalidOid;
 
 /* The last problem logged, to log each one once. */
-static OutboxProblem config_problem;
+static OutboxProblem config_problem =
+	OUTBOX_PROBLEM_INIT("function", ERRCODE_UNDEFINED_FUNCTION);
 
 /*
  * Check outbox.publisher_function: empty, or a function name, optionally
@@ -79,14 +80,6 @@ check_publisher_function(char **newval, void **extra, GucSource source)
 	return ok;
 }
 
-/* Log a problem with the function once, until it changes or goes away. */
-static void
-report_function_problem(const char *problem, const char *hint)
-{
-	OutboxPublisherReportProblem(&config_problem, "function", ERRCODE_UNDEFINED_FUNCTION,
-								 problem, hint);
-}
-
 /*
  * The function named by outbox.publisher_function, taking one
  * outbox.messages argument, or InvalidOid after logging why it cannot be
@@ -105,7 +98,7 @@ lookup_publisher_function(void)
 
 	if (publisher_function[0] == '\0')
 	{
-		report_function_problem("outbox.publisher_function is not set", signature_hint);
+		OutboxPublisherReportProblem(&config_problem, "outbox.publisher_function is not set", signature_hint);
 		return InvalidOid;
 	}
 
@@ -128,19 +121,19 @@ lookup_publisher_function(void)
 		else
 			problem = psprintf("function %s(outbox.messages) does not exist",
 							   publisher_function);
-		report_function_problem(problem, signature_hint);
+		OutboxPublisherReportProblem(&config_problem, problem, signature_hint);
 		return InvalidOid;
 	}
 	if (get_func_prokind(fn) != PROKIND_FUNCTION)
 	{
-		report_function_problem(psprintf("%s(outbox.messages) is not a plain function (procedures, aggregates and window functions cannot deliver messages)",
+		OutboxPublisherReportProblem(&config_problem, psprintf("%s(outbox.messages) is not a plain function (procedures, aggregates and window functions cannot deliver messages)",
 										 publisher_function),
 								signature_hint);
 		return InvalidOid;
 	}
 	if (pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 	{
-		report_function_problem(psprintf("the outbox worker's role \"%s\" may not execute function %s(outbox.messages)",
+		OutboxPublisherReportProblem(&config_problem, psprintf("the outbox worker's role \"%s\" may not execute function %s(outbox.messages)",
 										 GetUserNameFromId(GetUserId(), false),
 										 publisher_function),
 								"GRANT EXECUTE on the function to the role in outbox.role.");

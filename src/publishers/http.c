@@ -42,14 +42,12 @@
 
 #include <poll.h>
 #include <signal.h>
-#include <time.h>
 
 #include <curl/curl.h>
 
 #include "catalog/pg_type.h"
 #include "common/base64.h"
 #include "common/hmac.h"
-#include "common/jsonapi.h"
 #include "common/sha2.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
@@ -62,13 +60,10 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
-#include "outbox.h"
+#include "builtin.h"
 
 /* How much of an error answer's body goes into last_error. */
 #define ERROR_BODY_BYTES	200
-
-/* Longest Retry-After honoured (unless outbox.retry_backoff_max is longer). */
-#define RETRY_AFTER_MAX_MS	(3600 * 1000)
 
 /* Longest wait inside curl before checking for interrupts. */
 #define WAIT_SLICE_MS		100
@@ -106,7 +101,7 @@ static struct pollfd *watched = NULL;
 static int	nwatched = 0;
 static int	watched_size = 0;
 
-/* When curl wants to be called back (now_ms() time), or -1. */
+/* When curl wants to be called back (OutboxPublisherNowMs() time), or -1. */
 static int64 timer_due = -1;
 
 /* The settings the transport was built with. */
@@ -120,7 +115,8 @@ static bool curl_ready = false;
 static ResourceOwner hmac_owner = NULL;
 
 /* The last configuration problem logged, to log each one once. */
-static OutboxProblem config_problem;
+static OutboxProblem config_problem =
+	OUTBOX_PROBLEM_INIT("http", ERRCODE_INVALID_PARAMETER_VALUE);
 
 /* Headers that describe the connection or the framing: never from messages. */
 static const char *const transport_headers[] = {
@@ -136,8 +132,6 @@ static const char *const signature_headers[] = {
 	"webhook-id", "webhook-timestamp", "webhook-signature", NULL
 };
 
-static emit_log_hook_type prev_emit_log_hook = NULL;
-
 /*
  * Check outbox.http_url: empty, or an http:// or https:// URL.  The value
  * is not secret, so it may appear in the error.
@@ -151,19 +145,6 @@ check_http_url(char **newval, void **extra, GucSource source)
 		return true;
 	GUC_check_errdetail("The URL must start with http:// or https://.");
 	return false;
-}
-
-/*
- * A changed setting is logged by PostgreSQL with its new value, and
- * statements that set it may be logged: keep the signing secret out of the
- * server log.
- */
-static void
-redact_secret_in_log(ErrorData *edata)
-{
-	OutboxPublisherRedactSetting(edata, "outbox.http_signing_secret");
-	if (prev_emit_log_hook)
-		prev_emit_log_hook(edata);
 }
 
 /* Whether c may appear in a header name (an RFC 7230 token). */
@@ -296,24 +277,6 @@ static void
 add_header_cstr(HttpRequest *r, const char *name, const char *value)
 {
 	add_header(r, name, (int) strlen(name), value, (int) strlen(value));
-}
-
-/* Whether the payload is valid JSON (and so valid UTF-8). */
-static bool
-payload_is_json(const OutboxMessage *m)
-{
-	JsonLexContext *lex;
-	char	   *text;
-	bool		ok;
-
-	if (m->payload_len == 0 ||
-		!pg_verify_mbstr(PG_UTF8, m->payload, m->payload_len, true))
-		return false;
-	text = pnstrdup(m->payload, m->payload_len);
-	lex = makeJsonLexContextCstringLen(text, m->payload_len, PG_UTF8, false);
-	ok = pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
-	pfree(text);
-	return ok;
 }
 
 /*
@@ -541,21 +504,11 @@ on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 	return 0;
 }
 
-/* Monotonic milliseconds, for curl's timer. */
-static int64
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Timer callback: when curl wants to be called back without socket events. */
 static int
 on_timer(CURLM *m, long timeout_ms, void *userp)
 {
-	timer_due = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	timer_due = timeout_ms < 0 ? -1 : OutboxPublisherNowMs() + timeout_ms;
 	return 0;
 }
 
@@ -650,11 +603,8 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 {
 	bool		signing = key != NULL;
 	bool		has_content_type = false;
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken token;
-	const char *name = NULL;
-	int			namelen = 0;
+	OutboxHeaderIterator it;
+	OutboxHeader h;
 	char	   *problem = NULL;
 	char	   *url;
 	char	   *created_at;
@@ -662,38 +612,28 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 	Assert(r->headers == NULL);
 
 	/* The message's own headers. */
-	it = JsonbIteratorInit(&m->headers->root);
-	while (problem == NULL &&
-		   (token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	OutboxHeadersBegin(&it, m->headers);
+	while (problem == NULL && OutboxHeadersNext(&it, &h))
 	{
-		if (token == WJB_KEY)
+		if (h.value == NULL)
 		{
-			name = v.val.string.val;
-			namelen = v.val.string.len;
+			problem = psprintf("message header \"%.*s\" is not a string",
+							   h.name_len, h.name);
+			break;
 		}
-		else if (token == WJB_VALUE)
+		problem = header_problem(h.name, h.name_len, h.value, h.value_len, signing);
+		if (problem)
+			break;
+		if (OutboxHeaderNameIs(&h, "content-type"))
 		{
-			if (v.type != jbvString)
+			if (has_content_type)
 			{
-				problem = psprintf("message header \"%.*s\" is not a string",
-								   namelen, name);
+				problem = pstrdup("the message has two content-type headers");
 				break;
 			}
-			problem = header_problem(name, namelen, v.val.string.val,
-									 v.val.string.len, signing);
-			if (problem)
-				break;
-			if (namelen == 12 && pg_strncasecmp(name, "content-type", 12) == 0)
-			{
-				if (has_content_type)
-				{
-					problem = pstrdup("the message has two content-type headers");
-					break;
-				}
-				has_content_type = true;
-			}
-			add_header(r, name, namelen, v.val.string.val, v.val.string.len);
+			has_content_type = true;
 		}
+		add_header(r, h.name, h.name_len, h.value, h.value_len);
 	}
 	if (problem == NULL && bad_value_byte(m->topic, (int) strlen(m->topic)) >= 0)
 		problem = pstrdup("the topic contains control characters, which the Outbox-Topic header cannot carry");
@@ -711,7 +651,7 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 
 	if (!has_content_type)
 		add_header_cstr(r, "Content-Type",
-						payload_is_json(m) ? "application/json" : "application/octet-stream");
+						OutboxPayloadKindOf(m) == OUTBOX_PAYLOAD_JSON ? "application/json" : "application/octet-stream");
 	add_header_cstr(r, "Outbox-Id", m->id_text);
 	add_header_cstr(r, "Outbox-Topic", m->topic);
 	add_header_cstr(r, "Outbox-Key", m->key);
@@ -782,9 +722,8 @@ finish_request(HttpRequest *r, CURLcode code, OutboxPublishResult *result)
 			if (curl_easy_getinfo(r->easy, CURLINFO_RETRY_AFTER, &seconds) == CURLE_OK &&
 				seconds > 0)
 			{
-				/* Honoured up to an hour, or the longest backoff if longer. */
-				int64		ms = Min((int64) seconds * 1000,
-									 Max((int64) RETRY_AFTER_MAX_MS, (int64) outbox_retry_backoff_max));
+				/* The worker caps it (see outbox_publisher.h). */
+				int64		ms = Min((int64) seconds, (int64) 365 * SECS_PER_DAY) * 1000;
 
 				result->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
 			}
@@ -837,7 +776,7 @@ dispatch(struct pollfd *ready, int nready)
 				events |= CURL_CSELECT_ERR;
 			socket_action(ready[i].fd, events);
 		}
-		if (timer_due >= 0 && now_ms() >= timer_due)
+		if (timer_due >= 0 && OutboxPublisherNowMs() >= timer_due)
 			socket_action(CURL_SOCKET_TIMEOUT, 0);
 	}
 	PG_FINALLY();
@@ -860,7 +799,7 @@ send_all(OutboxMessage *messages, int nmessages, OutboxPublishResult *results,
 {
 	int			next = 0;
 	int			active = 0;
-	int64		last_check = now_ms();
+	int64		last_check = OutboxPublisherNowMs();
 	struct pollfd *ready = palloc(sizeof(struct pollfd) * Max(watched_size, 16));
 	int			ready_size = Max(watched_size, 16);
 	int			i;
@@ -899,7 +838,7 @@ send_all(OutboxMessage *messages, int nmessages, OutboxPublishResult *results,
 			break;
 
 		/* Wait for a socket, curl's timer, or at most WAIT_SLICE_MS. */
-		now = now_ms();
+		now = OutboxPublisherNowMs();
 		wait_ms = WAIT_SLICE_MS;
 		if (timer_due >= 0)
 			wait_ms = (int) Max(0, Min((int64) wait_ms, timer_due - now));
@@ -939,7 +878,7 @@ send_all(OutboxMessage *messages, int nmessages, OutboxPublishResult *results,
 		 * interrupt poll(), so this runs at once when one came, and at
 		 * least every WAIT_SLICE_MS otherwise.
 		 */
-		now = now_ms();
+		now = OutboxPublisherNowMs();
 		if (InterruptPending || nfds <= 0 || now - last_check >= WAIT_SLICE_MS)
 		{
 			(void) OutboxPublisherWait(PGINVALID_SOCKET, 0, 0);
@@ -960,8 +899,7 @@ http_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *result
 
 	if (http_url[0] == '\0')
 	{
-		OutboxPublisherReportProblem(&config_problem, "http", ERRCODE_INVALID_PARAMETER_VALUE,
-									 "outbox.http_url is not set",
+		OutboxPublisherReportProblem(&config_problem, "outbox.http_url is not set",
 									 "Set outbox.http_url to the webhook URL and reload.");
 		for (i = 0; i < nmessages; i++)
 			results[i].status = OUTBOX_PUBLISH_SKIPPED;
@@ -1082,11 +1020,7 @@ outbox_register_http_publisher(void)
 							   0,
 							   NULL, NULL, NULL);
 
-	if (prev_emit_log_hook == NULL && emit_log_hook != redact_secret_in_log)
-	{
-		prev_emit_log_hook = emit_log_hook;
-		emit_log_hook = redact_secret_in_log;
-	}
+	OutboxPublisherKeepSecret("outbox.http_signing_secret");
 
 	OutboxRegisterPublisher(&http_publisher);
 }

@@ -175,21 +175,10 @@ static int	nlog_lines = 0;
 static int	log_lines_dropped = 0;
 
 /* The last configuration problem logged, to log each one once. */
-static OutboxProblem config_problem;
-
-static emit_log_hook_type prev_emit_log_hook = NULL;
+static OutboxProblem config_problem =
+	OUTBOX_PROBLEM_INIT("kafka", ERRCODE_INVALID_PARAMETER_VALUE);
 
 static void kafka_teardown(void);
-
-/* Monotonic milliseconds. */
-static int64
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Whether c may appear in a property name (librdkafka's names). */
 static bool
@@ -374,27 +363,6 @@ check_kafka_topic(char **newval, void **extra, GucSource source)
 		}
 	}
 	return true;
-}
-
-/*
- * The server logs "parameter ... changed to ..." with the new value, and
- * statements setting a parameter (log_statement, or with an error): for
- * outbox.kafka_properties that would put secrets in the log.
- */
-static void
-redact_properties_in_log(ErrorData *edata)
-{
-	OutboxPublisherRedactSetting(edata, "outbox.kafka_properties");
-	if (prev_emit_log_hook)
-		prev_emit_log_hook(edata);
-}
-
-/* Log a configuration problem once, until it changes or goes away. */
-static void
-report_config_problem(const char *problem, const char *hint)
-{
-	OutboxPublisherReportProblem(&config_problem, "kafka", ERRCODE_INVALID_PARAMETER_VALUE,
-								 problem, hint);
 }
 
 /*
@@ -816,50 +784,35 @@ static rd_kafka_headers_t *
 record_headers(const OutboxMessage *m, OutboxPublishResult *result)
 {
 	rd_kafka_headers_t *hdrs = rd_kafka_headers_new(8);
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken token;
-	const char *name = NULL;
-	int			namelen = 0;
+	OutboxHeaderIterator it;
+	OutboxHeader h;
 	char	   *created_at;
 
-	it = JsonbIteratorInit(&m->headers->root);
-	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	OutboxHeadersBegin(&it, m->headers);
+	while (OutboxHeadersNext(&it, &h))
 	{
-		const char *const *h;
+		const char *const *own;
 
-		if (token == WJB_KEY)
+		for (own = outbox_headers; *own; own++)
 		{
-			name = v.val.string.val;
-			namelen = v.val.string.len;
-			continue;
-		}
-		if (token != WJB_VALUE)
-			continue;
-		for (h = outbox_headers; *h; h++)
-		{
-			if ((int) strlen(*h) == namelen && pg_strncasecmp(name, *h, namelen) == 0)
+			if (OutboxHeaderNameIs(&h, *own))
 			{
 				rd_kafka_headers_destroy(hdrs);
 				result->status = OUTBOX_PUBLISH_REJECT;
 				result->error = psprintf("message header \"%s\" cannot be sent: the kafka publisher sets it itself",
-										 *h);
+										 *own);
 				return NULL;
 			}
 		}
-		if (v.type == jbvString)
-			rd_kafka_header_add(hdrs, name, namelen, v.val.string.val, v.val.string.len);
-		else if (v.type == jbvNull)
-			rd_kafka_header_add(hdrs, name, namelen, NULL, 0);
-		else
+		if (h.value == NULL)
 		{
-			Jsonb	   *jb = JsonbValueToJsonb(&v);
-			char	   *text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
-
-			rd_kafka_header_add(hdrs, name, namelen, text, (ssize_t) strlen(text));
-			pfree(text);
-			pfree(jb);
+			rd_kafka_headers_destroy(hdrs);
+			result->status = OUTBOX_PUBLISH_REJECT;
+			result->error = psprintf("message header \"%.*s\" is not a string",
+									 h.name_len, h.name);
+			return NULL;
 		}
+		rd_kafka_header_add(hdrs, h.name, h.name_len, h.value, h.value_len);
 	}
 
 	rd_kafka_header_add(hdrs, "outbox-id", -1, m->id_text, -1);
@@ -948,14 +901,14 @@ settings_changed(void)
 static void
 wait_for_reports(int produced)
 {
-	int64		start = now_ms();
+	int64		start = OutboxPublisherNowMs();
 
 	for (;;)
 	{
 		serve();
 		if (batch_reported >= produced)
 			break;
-		if (now_ms() - start >= RELOAD_GIVE_UP_MS && settings_changed())
+		if (OutboxPublisherNowMs() - start >= RELOAD_GIVE_UP_MS && settings_changed())
 		{
 			kafka_teardown();
 			break;
@@ -973,7 +926,7 @@ kafka_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resul
 
 	if (kafka_brokers[0] == '\0')
 	{
-		report_config_problem("outbox.kafka_brokers is not set",
+		OutboxPublisherReportProblem(&config_problem, "outbox.kafka_brokers is not set",
 							  "Set outbox.kafka_brokers to the bootstrap servers (host:port,...) and reload.");
 		for (i = 0; i < nmessages; i++)
 			results[i].status = OUTBOX_PUBLISH_SKIPPED;
@@ -999,7 +952,7 @@ kafka_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resul
 
 		if (problem)
 		{
-			report_config_problem(problem,
+			OutboxPublisherReportProblem(&config_problem, problem,
 								  "Fix outbox.kafka_properties or outbox.kafka_brokers and reload.");
 			for (i = 0; i < nmessages; i++)
 				results[i].status = OUTBOX_PUBLISH_SKIPPED;
@@ -1143,8 +1096,7 @@ _PG_init(void)
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   check_kafka_properties, NULL, NULL);
 
-	prev_emit_log_hook = emit_log_hook;
-	emit_log_hook = redact_properties_in_log;
+	OutboxPublisherKeepSecret("outbox.kafka_properties");
 
 	/* outbox must be loaded first: it provides OutboxRegisterPublisher. */
 	OutboxRegisterPublisher(&kafka_publisher);

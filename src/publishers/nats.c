@@ -147,28 +147,19 @@ typedef struct InFlight
 {
 	natsMsg    *msg;			/* key only: owned by libnats until completed */
 	int			index;			/* message index, -1 when the slot is free */
-	int64		deadline;		/* now_ms() after which it counts as lost */
+	int64		deadline;		/* OutboxPublisherNowMs() after which it counts as lost */
 } InFlight;
 
 static InFlight *slots = NULL;
 static int	nslots = 0;
 
 /* The last problem logged, to log each one once. */
-static OutboxProblem connection_problem;
+static OutboxProblem connection_problem =
+	OUTBOX_PROBLEM_INIT("nats", ERRCODE_CONNECTION_FAILURE);
 
 /* The signals blocked while libnats may start threads. */
 static sigset_t saved_mask;
 static bool signals_blocked = false;
-
-/* Monotonic milliseconds. */
-static int64
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /*
  * Block PostgreSQL's signals, so that a thread libnats starts now inherits
@@ -192,14 +183,6 @@ unblock_signals(void)
 		return;
 	signals_blocked = false;
 	pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
-}
-
-/* Log a problem once, until it changes or goes away. */
-static void
-report_problem(const char *problem, const char *hint)
-{
-	OutboxPublisherReportProblem(&connection_problem, "nats", ERRCODE_CONNECTION_FAILURE,
-								 problem, hint);
 }
 
 /* Forget the problem logged last, and say that it went away. */
@@ -590,7 +573,7 @@ start_connecting(void)
 
 	if (nats_credentials[0] != '\0' && access(nats_credentials, R_OK) != 0)
 	{
-		report_problem(psprintf("cannot read the credentials file \"%s\": %m", nats_credentials),
+		OutboxPublisherReportProblem(&connection_problem, psprintf("cannot read the credentials file \"%s\": %m", nats_credentials),
 					   "Fix outbox.nats_credentials (or the file's permissions) and reload.");
 		return false;
 	}
@@ -726,7 +709,7 @@ finish_connecting(void)
 		built_url = NULL;
 		pfree(built_credentials);
 		built_credentials = NULL;
-		report_problem(buf.data, "Check outbox.nats_url and outbox.nats_credentials.");
+		OutboxPublisherReportProblem(&connection_problem, buf.data, "Check outbox.nats_url and outbox.nats_credentials.");
 		return false;
 	}
 	conn = job->conn;
@@ -769,7 +752,7 @@ connected_url(void)
 static bool
 ensure_connected(void)
 {
-	int64		deadline = now_ms() + CONNECT_WAIT_MS;
+	int64		deadline = OutboxPublisherNowMs() + CONNECT_WAIT_MS;
 
 	if (conn == NULL && connect_job == NULL && !start_connecting())
 		return false;
@@ -794,9 +777,9 @@ ensure_connected(void)
 			nats_teardown();
 			return false;
 		}
-		if (now_ms() >= deadline)
+		if (OutboxPublisherNowMs() >= deadline)
 			break;
-		wait_for_event(Min(WAIT_SLICE_MS, deadline - now_ms()));
+		wait_for_event(Min(WAIT_SLICE_MS, deadline - OutboxPublisherNowMs()));
 	}
 
 	{
@@ -816,7 +799,7 @@ ensure_connected(void)
 			appendStringInfoChar(&buf, ')');
 		}
 		appendStringInfoString(&buf, "; reconnecting");
-		report_problem(buf.data, NULL);
+		OutboxPublisherReportProblem(&connection_problem, buf.data, NULL);
 		pfree(buf.data);
 	}
 	return false;
@@ -857,21 +840,6 @@ value_problem(const char *value)
 	return NULL;
 }
 
-/* A header value: a JSON string as it is, anything else as JSON text. */
-static char *
-header_value(JsonbValue *v)
-{
-	if (v->type == jbvString)
-		return pnstrdup(v->val.string.val, v->val.string.len);
-	if (v->type == jbvBinary)
-		return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
-	{
-		Jsonb	   *j = JsonbValueToJsonb(v);
-
-		return JsonbToCString(NULL, &j->root, VARSIZE(j));
-	}
-}
-
 /* Set a header, or say why it could not be set. */
 static char *
 set_header(natsMsg *msg, const char *name, const char *value, bool add)
@@ -897,10 +865,8 @@ build_message(const OutboxMessage *m, OutboxPublishResult *result)
 	char	   *problem = NULL;
 	natsMsg    *msg = NULL;
 	natsStatus	s;
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken token;
-	char	   *name = NULL;
+	OutboxHeaderIterator it;
+	OutboxHeader h;
 
 	if (why)
 	{
@@ -936,47 +902,44 @@ build_message(const OutboxMessage *m, OutboxPublishResult *result)
 	}
 
 	/* The message's own headers. */
-	it = JsonbIteratorInit(&m->headers->root);
-	while (problem == NULL &&
-		   (token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	OutboxHeadersBegin(&it, m->headers);
+	while (problem == NULL && OutboxHeadersNext(&it, &h))
 	{
-		if (token == WJB_KEY)
-		{
-			const char *p;
+		char	   *name = pnstrdup(h.name, h.name_len);
+		char	   *value;
+		const char *p;
 
-			name = pnstrdup(v.val.string.val, v.val.string.len);
-			if (name[0] == '\0')
-				problem = pstrdup("a message header has an empty name, which NATS cannot carry");
-			for (p = name; problem == NULL && *p; p++)
+		if (name[0] == '\0')
+			problem = pstrdup("a message header has an empty name, which NATS cannot carry");
+		for (p = name; problem == NULL && *p; p++)
+		{
+			unsigned char c = (unsigned char) *p;
+
+			if (c <= 0x20 || c >= 0x7f || c == ':')
 			{
-				unsigned char c = (unsigned char) *p;
+				StringInfoData buf;
 
-				if (c <= 0x20 || c >= 0x7f || c == ':')
-				{
-					StringInfoData buf;
-
-					initStringInfo(&buf);
-					appendStringInfoString(&buf, "message header name \"");
-					OutboxPublisherAppendPrintable(&buf, name, Min((int) strlen(name), 100), false);
-					appendStringInfo(&buf, "\" is not a valid NATS header name (invalid character at position %d)",
-									 (int) (p - name) + 1);
-					problem = buf.data;
-				}
+				initStringInfo(&buf);
+				appendStringInfoString(&buf, "message header name \"");
+				OutboxPublisherAppendPrintable(&buf, name, Min((int) strlen(name), 100), false);
+				appendStringInfo(&buf, "\" is not a valid NATS header name (invalid character at position %d)",
+								 (int) (p - name) + 1);
+				problem = buf.data;
 			}
-			if (problem == NULL && is_own_header(name))
-				problem = psprintf("message header \"%s\" cannot be sent: the nats publisher sets it itself",
-								   name);
 		}
-		else if (token == WJB_VALUE)
-		{
-			char	   *value = header_value(&v);
-
-			why = value_problem(value);
-			if (why)
-				problem = psprintf("value of message header \"%s\" %s", name, why);
-			else
-				problem = set_header(msg, name, value, true);
-		}
+		if (problem == NULL && is_own_header(name))
+			problem = psprintf("message header \"%s\" cannot be sent: the nats publisher sets it itself",
+							   name);
+		if (problem == NULL && h.value == NULL)
+			problem = psprintf("message header \"%s\" is not a string", name);
+		if (problem != NULL)
+			break;
+		value = pnstrdup(h.value, h.value_len);
+		why = value_problem(value);
+		if (why)
+			problem = psprintf("value of message header \"%s\" %s", name, why);
+		else
+			problem = set_header(msg, name, value, true);
 	}
 
 	if (problem == NULL)
@@ -1126,7 +1089,7 @@ publish_all(OutboxMessage *messages, int nmessages, OutboxPublishResult *results
 	int			free_hint = 0;
 	int			ack_hint = 0;
 	int			duplicates = 0;
-	int64		last_check = now_ms();
+	int64		last_check = OutboxPublisherNowMs();
 	bool		lost = false;
 	char	   *stop_reason = NULL;
 	jsPubOptions po;
@@ -1177,20 +1140,20 @@ publish_all(OutboxMessage *messages, int nmessages, OutboxPublishResult *results
 			}
 			slots[k].msg = sent;
 			slots[k].index = next;
-			slots[k].deadline = now_ms() + nats_timeout + ACK_GRACE_MS;
+			slots[k].deadline = OutboxPublisherNowMs() + nats_timeout + ACK_GRACE_MS;
 			free_hint = (k + 1) % nslots;
 			inflight++;
 			next++;
 
 			/* A long fill still looks at interrupts and at acks. */
-			if (now_ms() - last_check >= WAIT_SLICE_MS)
+			if (OutboxPublisherNowMs() - last_check >= WAIT_SLICE_MS)
 				break;
 		}
 
 		inflight -= collect_completions(results, &ack_hint, &duplicates);
 
 		/* Give up on publications whose ack is overdue. */
-		now = now_ms();
+		now = OutboxPublisherNowMs();
 		wait_ms = WAIT_SLICE_MS;
 		for (i = 0; i < nslots && inflight > 0; i++)
 		{
@@ -1216,12 +1179,12 @@ publish_all(OutboxMessage *messages, int nmessages, OutboxPublishResult *results
 		{
 			/* Nothing more to send now: wait for acks. */
 			wait_for_event(wait_ms);
-			last_check = now_ms();
+			last_check = OutboxPublisherNowMs();
 		}
 		else if (now - last_check >= WAIT_SLICE_MS)
 		{
 			wait_for_event(0);
-			last_check = now_ms();
+			last_check = OutboxPublisherNowMs();
 		}
 	}
 
@@ -1248,7 +1211,7 @@ publish_all(OutboxMessage *messages, int nmessages, OutboxPublishResult *results
 	{
 		char	   *url = connected_url();
 
-		report_problem(psprintf("%s (%s); reconnecting", stop_reason, url), NULL);
+		OutboxPublisherReportProblem(&connection_problem, psprintf("%s (%s); reconnecting", stop_reason, url), NULL);
 	}
 }
 

@@ -17,17 +17,34 @@
 #include "postgres.h"
 
 #include "commands/async.h"
+#include "utils/guc.h"
 
-#include "outbox.h"
+#include "builtin.h"
 
 /* NOTIFY's limit on payloads (commands/async.c), including the NUL. */
 #define NOTIFY_MAX_PAYLOAD 8000
+
+/* outbox.notify_channel (reload): empty means each message's topic. */
+static char *notify_channel = NULL;
+
+/* Check outbox.notify_channel: empty, or a valid channel name. */
+static bool
+check_notify_channel(char **newval, void **extra, GucSource source)
+{
+	if (strlen(*newval) >= NAMEDATALEN)
+	{
+		GUC_check_errdetail("A channel name must be shorter than %d bytes.",
+							NAMEDATALEN);
+		return false;
+	}
+	return true;
+}
 
 /* Why a topic cannot be a channel name, or NULL when it can. */
 static char *
 notify_check_topic(const char *topic)
 {
-	if (outbox_notify_channel[0] != '\0')
+	if (notify_channel[0] != '\0')
 		return NULL;
 	if (strlen(topic) >= NAMEDATALEN)
 		return psprintf("The notify publisher uses the topic as channel name, and channel names are limited to %d bytes; set outbox.notify_channel to publish longer topics.",
@@ -44,7 +61,7 @@ notify_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resu
 	for (i = 0; i < nmessages; i++)
 	{
 		const OutboxMessage *m = &messages[i];
-		const char *channel = outbox_notify_channel[0] ? outbox_notify_channel : m->topic;
+		const char *channel = notify_channel[0] ? notify_channel : m->topic;
 		char	   *problem = notify_check_topic(m->topic);
 		char	   *envelope;
 
@@ -88,9 +105,17 @@ static const OutboxPublisher notify_publisher = {
 	.shutdown = NULL,
 };
 
-/* Register the built-in notify publisher. */
+/* Define the notify publisher's setting and register it. */
 void
 outbox_register_notify_publisher(void)
 {
+	DefineCustomStringVariable("outbox.notify_channel",
+							   "Channel the notify publisher uses; empty means each message's topic.",
+							   NULL,
+							   &notify_channel,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_notify_channel, NULL, NULL);
 	OutboxRegisterPublisher(&notify_publisher);
 }
