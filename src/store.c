@@ -231,9 +231,10 @@ static StoreStatement purge_stmt = {
 	.sql = PURGE_SQL, .nargs = 3, .argtypes = {TIMESTAMPTZOID, UUIDOID, INT4OID},
 	.read_only = false, .expected = SPI_OK_DELETE, .action = "purge outbox messages"
 };
+/* Not read-only: it must see the retries the marks just scheduled. */
 static StoreStatement next_due_stmt = {
 	.sql = NEXT_DUE_SQL, .nargs = 1, .argtypes = {TIMESTAMPTZOID},
-	.read_only = true, .expected = SPI_OK_SELECT, .action = "read outbox schedule"
+	.read_only = false, .expected = SPI_OK_SELECT, .action = "read outbox schedule"
 };
 static StoreStatement retry_failed_stmt = {
 	.sql = RETRY_FAILED_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID},

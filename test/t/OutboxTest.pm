@@ -17,6 +17,8 @@ use warnings;
 
 use Carp;
 use Exporter 'import';
+use File::Basename qw(dirname);
+use File::Spec;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -120,6 +122,31 @@ $conf
 		}
 	}
 	return $node;
+}
+
+=pod
+
+=item test_module($name)
+
+The path of a test module's library (test/modules/$name/$name.so), built
+here when "make test" did not build it (a test run on its own).
+
+=cut
+
+sub test_module
+{
+	my ($name) = @_;
+	my $dir = File::Spec->rel2abs(
+		File::Spec->catdir(dirname(__FILE__), '..', 'modules', $name));
+	my $library = "$dir/$name.so";
+
+	unless (-f $library)
+	{
+		my $pg_config = $ENV{PG_CONFIG} // 'pg_config';
+		system('make', '-s', '-C', $dir, "PG_CONFIG=$pg_config") == 0
+		  or BAIL_OUT("could not build $dir");
+	}
+	return $library;
 }
 
 =pod
@@ -354,6 +381,10 @@ sub wait_processed
 
 The current size of the server log, to count lines written after it.
 
+=item log_content($node, $offset)
+
+The server log after $offset.
+
 =item log_count($node, $regexp, $offset)
 
 How many lines of the server log after $offset match $regexp.
@@ -368,6 +399,12 @@ sub log_position
 {
 	my ($node) = @_;
 	return -s $node->logfile;
+}
+
+sub log_content
+{
+	my ($node, $offset) = @_;
+	return slurp_file($node->logfile, $offset // 0);
 }
 
 sub log_count
