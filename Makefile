@@ -80,13 +80,16 @@ install-for-tests: all
 # SUITES=pgtap (or isolation, tap) runs one.
 test: install-for-tests
 	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG)
+	$(MAKE) -C test/modules/outbox_testing PG_CONFIG=$(PG_CONFIG)
 	$(MAKE) -C test/brokers BROKERS="$(BROKERS)"
 	PG_CONFIG=$(PG_CONFIG) bash test/run.sh $(or $(SUITES),all)
 
-# The example publisher the tests load (test/modules/outbox_flaky).
+# The modules the tests load: the example publisher (test/modules/outbox_flaky)
+# and test-only functions (test/modules/outbox_testing).
 clean: clean-test-modules
 clean-test-modules:
 	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG) clean
+	$(MAKE) -C test/modules/outbox_testing PG_CONFIG=$(PG_CONFIG) clean
 	$(MAKE) -C test/brokers clean
 
 # A throw-away cluster showing messages flowing (see demo/demo.sh).
