@@ -14,6 +14,8 @@
  *	outbox_flaky.fail_attempts = 2		# attempts failing per message
  *	outbox_flaky.reject_topic = ''		# messages of this topic are rejected
  *	outbox_flaky.delay = 0				# ms spent on each message
+ *	outbox_flaky.error_topic = ''		# messages of this topic raise an ERROR
+ *	outbox_flaky.error_holds_lock = off	# ... while holding the module's LWLock
  *
  * A delivered message is logged as
  *	outbox_flaky: delivered <id> topic=<topic> key=<key> attempt=<n>
@@ -25,6 +27,10 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
@@ -37,6 +43,16 @@ void		_PG_init(void);
 static int	fail_attempts = 2;
 static char *reject_topic = NULL;
 static int	delay_ms = 0;
+static char *error_topic = NULL;
+static bool error_holds_lock = false;
+
+/*
+ * A lock the publisher takes around each message (as a plug-in keeping
+ * shared statistics would); an ERROR raised while holding it must not leave
+ * it held, or the next message waits for it forever.
+ */
+static LWLock *message_lock = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
 
 /*
  * Saving a message checks its topic in the saving backend: this publisher
@@ -71,19 +87,42 @@ flaky_wait(void)
 	}
 }
 
-/* One result per message: reject, fail on purpose, or deliver. */
+/* Ask for the module's LWLock. */
+static void
+flaky_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestNamedLWLockTranche("outbox_flaky", 1);
+}
+
+/*
+ * One result per message: raise an error, reject, fail on purpose, or
+ * deliver.
+ */
 static void
 flaky_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *results)
 {
 	int			i;
+
+	if (error_holds_lock && message_lock == NULL)
+		message_lock = &(GetNamedLWLockTranche("outbox_flaky"))->lock;
 
 	for (i = 0; i < nmessages; i++)
 	{
 		const OutboxMessage *m = &messages[i];
 		int			attempt = m->retries + 1;
 
+		if (error_holds_lock)
+			LWLockAcquire(message_lock, LW_EXCLUSIVE);
 		if (delay_ms > 0)
 			flaky_wait();
+
+		if (error_topic[0] != '\0' && strcmp(m->topic, error_topic) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("outbox_flaky raises an error for message %s on purpose",
+							m->id_text)));
 
 		if (reject_topic[0] != '\0' && strcmp(m->topic, reject_topic) == 0)
 		{
@@ -104,6 +143,8 @@ flaky_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resul
 				 m->id_text, m->topic, m->key, attempt);
 			results[i].status = OUTBOX_PUBLISH_OK;
 		}
+		if (error_holds_lock)
+			LWLockRelease(message_lock);
 	}
 }
 
@@ -146,7 +187,29 @@ _PG_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomStringVariable("outbox_flaky.error_topic",
+							   "Topic whose messages make publish() raise an ERROR.",
+							   NULL,
+							   &error_topic,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+	DefineCustomBoolVariable("outbox_flaky.error_holds_lock",
+							 "Whether publish() holds the module's LWLock around each message.",
+							 NULL,
+							 &error_holds_lock,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 	MarkGUCPrefixReserved("outbox_flaky");
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = flaky_shmem_request;
+	}
 
 	/* outbox must be loaded first: it provides OutboxRegisterPublisher. */
 	OutboxRegisterPublisher(&flaky_publisher);
