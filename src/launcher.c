@@ -64,9 +64,9 @@ typedef struct LauncherSlotState
 	BackgroundWorkerHandle *handle; /* NULL when not started by us */
 	TimestampTz started_at;
 	TimestampTz next_start;		/* not before this time */
+	int			restart_delay_ms;
 	bool		awaiting_install;	/* next_start only rechecks a database
 									 * or extension that was missing */
-	int			restart_delay_ms;
 	bool		database_missing;	/* reported once */
 	bool		register_failed;	/* reported once */
 } LauncherSlotState;

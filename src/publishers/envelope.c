@@ -44,13 +44,12 @@ static PayloadForm
 payload_form(const OutboxMessage *message)
 {
 	OutboxPayloadKind kind = OutboxPayloadKindOf(message);
-	int			i;
 
 	if (kind == OUTBOX_PAYLOAD_BINARY)
 		return PAYLOAD_BASE64;
 	if (GetDatabaseEncoding() != PG_UTF8)
 	{
-		for (i = 0; i < message->payload_len; i++)
+		for (int i = 0; i < message->payload_len; i++)
 		{
 			if (IS_HIGHBIT_SET(message->payload[i]))
 				return PAYLOAD_BASE64;
