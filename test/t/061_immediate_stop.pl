@@ -42,11 +42,13 @@ my $checker = OutboxChecker->new($node, topic => 'chk', nkeys => 16);
 $checker->install;
 my $listener = $checker->listener;
 
-# Messages processed so far.
-sub processed
+# Messages processed so far, and those not (yet): one snapshot.
+sub progress
 {
-	return OutboxTest::query_value($node, 'postgres',
-		"SELECT count(*) FROM outbox.messages WHERE status = 'processed'") // 0;
+	my $row = OutboxTest::query_value($node, 'postgres',
+		"SELECT count(*) FILTER (WHERE status = 'processed') || ',' || "
+		  . "count(*) FILTER (WHERE status <> 'processed') FROM outbox.messages");
+	return defined $row ? split(/,/, $row) : (0, -1);
 }
 
 my $t_start = time();
@@ -60,20 +62,26 @@ for my $i (1 .. $cycles)
 	# A random moment: in odd cycles once the worker has published a random
 	# part of the burst (a drain can be faster than any fixed delay), in
 	# even ones after a random delay (any state of the worker).
-	my $processed = processed();
+	my ($processed) = progress();
 	my $burst = 4000 + int(rand(4000));
+	my $pending;
 	$checker->save_burst($burst);
 	if ($i % 2 == 0)
 	{
 		usleep(int(rand(300_000)));
+		(undef, $pending) = progress();
 	}
 	else
 	{
+		# The stop follows the query that saw the target reached at once: a
+		# second query would give a fast drain the time to finish.
 		my $target = $processed + 1 + int(rand($burst * 0.3));
-		OutboxTest::wait_until(30, sub { processed() >= $target });
+		OutboxTest::wait_until(30, sub {
+			my ($done, $left) = progress();
+			$pending = $left;
+			return $done >= $target;
+		});
 	}
-	my $pending = OutboxTest::query_value($node, 'postgres',
-		"SELECT count(*) FROM outbox.messages WHERE status <> 'processed'") // -1;
 	push @pending_at_stop, $pending;
 	$mid_drain++ if $pending > 0;
 
