@@ -6,7 +6,11 @@ OBJS = \
 	src/outbox.o \
 	src/shmem.o \
 	src/save.o \
+	src/route.o \
 	src/store.o \
+	src/store_api.o \
+	src/delivery.o \
+	src/destination.o \
 	src/worker.o \
 	src/launcher.o \
 	src/publisher.o \
@@ -15,7 +19,7 @@ OBJS = \
 	src/publishers/notify.o \
 	src/publishers/http.o \
 	src/publishers/function.o
-DATA = sql/outbox--0.1.0.sql
+DATA = sql/outbox--0.1.0.sql sql/outbox--0.3.0.sql
 PGFILEDESC = "outbox - transactional outbox relay"
 
 # The public header for third-party publishers.

@@ -72,6 +72,7 @@ typedef struct LauncherSlotState
 } LauncherSlotState;
 
 static LauncherSlotState launcher_slots[OUTBOX_MAX_DATABASES];
+static LauncherSlotState destination_states[OUTBOX_MAX_DESTINATION_WORKERS];
 
 /* Register the launcher at server start (called from _PG_init). */
 void
@@ -123,12 +124,16 @@ database_exists(const char *dbname)
 	return exists;
 }
 
-/* Start the relay worker of slot i; false when it could not be started. */
+/*
+ * Start a worker (function outbox_worker_main for a database's slot i,
+ * outbox_destination_worker_main for destination slot i), recording its
+ * handle in state; false when it could not be started.
+ */
 static bool
-start_worker(int i, const char *dbname)
+start_worker(LauncherSlotState *state, int i, const char *function, const char *type,
+			 const char *name)
 {
 	BackgroundWorker worker;
-	LauncherSlotState *state = &launcher_slots[i];
 	pid_t		pid;
 
 	memset(&worker, 0, sizeof(worker));
@@ -136,9 +141,9 @@ start_worker(int i, const char *dbname)
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "outbox");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "outbox_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "outbox worker for database %s", dbname);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "outbox worker");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "outbox worker for %s", name);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
 	worker.bgw_main_arg = Int32GetDatum(i);
 	worker.bgw_notify_pid = MyProcPid;
 
@@ -148,8 +153,8 @@ start_worker(int i, const char *dbname)
 		if (!state->register_failed)
 			ereport(WARNING,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("outbox launcher could not start a worker for database \"%s\"", dbname),
-					 errhint("Raise max_worker_processes: the outbox needs one worker per relayed database plus its launcher.")));
+					 errmsg("outbox launcher could not start a worker for %s", name),
+					 errhint("Raise max_worker_processes: the outbox needs one worker per relayed database and per destination, plus its launcher.")));
 		state->register_failed = true;
 		return false;
 	}
@@ -158,6 +163,43 @@ start_worker(int i, const char *dbname)
 		proc_exit(1);
 	state->started_at = GetCurrentTimestamp();
 	return true;
+}
+
+/* Whether the worker of state still runs. */
+static bool
+worker_running(LauncherSlotState *state)
+{
+	pid_t		pid;
+
+	return GetBackgroundWorkerPid(state->handle, &pid) != BGWH_STOPPED;
+}
+
+/*
+ * Forget a worker that stopped and schedule its next start: after a delay
+ * that grows while it keeps failing soon after starting, or a recheck when
+ * it found no extension.
+ */
+static void
+schedule_restart(LauncherSlotState *state, TimestampTz now, bool missing_extension)
+{
+	pfree(state->handle);
+	state->handle = NULL;
+	if (missing_extension)
+	{
+		state->next_start = TimestampTzPlusMilliseconds(now, EXTENSION_RECHECK_MS);
+		state->awaiting_install = true;
+	}
+	else
+	{
+		if (TimestampDifferenceExceeds(state->started_at, now, HEALTHY_RUN_MS))
+			state->restart_delay_ms = MIN_RESTART_DELAY_MS;
+		else
+			state->restart_delay_ms = Min(Max(state->restart_delay_ms * 2,
+											  MIN_RESTART_DELAY_MS),
+										  MAX_RESTART_DELAY_MS);
+		state->next_start = TimestampTzPlusMilliseconds(now, state->restart_delay_ms);
+		state->awaiting_install = false;
+	}
 }
 
 /*
@@ -170,34 +212,13 @@ tend_slot(int i, TimestampTz now)
 {
 	LauncherSlotState *state = &launcher_slots[i];
 	OutboxSlotView view;
-	pid_t		pid;
-
 	outbox_shmem_view_slot(i, &view);
 
 	if (state->handle != NULL)
 	{
-		if (GetBackgroundWorkerPid(state->handle, &pid) != BGWH_STOPPED)
+		if (worker_running(state))
 			return EXTENSION_RECHECK_MS;	/* running: the exit wakes us */
-
-		/* It stopped: schedule the next start. */
-		pfree(state->handle);
-		state->handle = NULL;
-		if (outbox_shmem_take_exit_for_missing_extension(i))
-		{
-			state->next_start = TimestampTzPlusMilliseconds(now, EXTENSION_RECHECK_MS);
-			state->awaiting_install = true;
-		}
-		else
-		{
-			if (TimestampDifferenceExceeds(state->started_at, now, HEALTHY_RUN_MS))
-				state->restart_delay_ms = MIN_RESTART_DELAY_MS;
-			else
-				state->restart_delay_ms = Min(Max(state->restart_delay_ms * 2,
-												  MIN_RESTART_DELAY_MS),
-											  MAX_RESTART_DELAY_MS);
-			state->next_start = TimestampTzPlusMilliseconds(now, state->restart_delay_ms);
-			state->awaiting_install = false;
-		}
+		schedule_restart(state, now, outbox_shmem_take_exit_for_missing_extension(i));
 	}
 	else if (view.pid != 0)
 		return EXTENSION_RECHECK_MS;	/* started by a previous launcher */
@@ -228,11 +249,49 @@ tend_slot(int i, TimestampTz now)
 	}
 	state->database_missing = false;
 
-	if (!start_worker(i, view.dbname))
+	if (!start_worker(state, i, "outbox_worker_main", "outbox worker",
+					  psprintf("database %s", view.dbname)))
 	{
 		state->next_start = TimestampTzPlusMilliseconds(now, EXTENSION_RECHECK_MS);
 		state->awaiting_install = false;
 	}
+	return EXTENSION_RECHECK_MS;
+}
+
+/*
+ * Look at one destination slot: start its worker when its database's main
+ * worker wants one and none runs, with the same restart delays.  Returns
+ * the milliseconds until it next needs attention.
+ */
+static long
+tend_destination_slot(int i, TimestampTz now)
+{
+	LauncherSlotState *state = &destination_states[i];
+	OutboxDestinationView view;
+
+	outbox_shmem_view_destination(i, &view);
+	if (state->handle != NULL)
+	{
+		if (worker_running(state))
+			return EXTENSION_RECHECK_MS;	/* running: the exit wakes us */
+		schedule_restart(state, now, false);
+	}
+	if (!view.in_use)
+	{
+		/* a free slot starts afresh for the next destination */
+		memset(state, 0, sizeof(LauncherSlotState));
+		return EXTENSION_RECHECK_MS;
+	}
+	if (view.pid != 0)
+		return EXTENSION_RECHECK_MS;	/* started by a previous launcher */
+	if (view.paused_until > now)
+		return Max(1, (long) ((view.paused_until - now) / 1000));
+	if (state->next_start > now)
+		return Max(1, (long) ((state->next_start - now) / 1000));
+	if (!start_worker(state, i, "outbox_destination_worker_main",
+					  "outbox destination worker",
+					  psprintf("destination %s of database %s", view.name, view.dbname)))
+		state->next_start = TimestampTzPlusMilliseconds(now, EXTENSION_RECHECK_MS);
 	return EXTENSION_RECHECK_MS;
 }
 
@@ -249,6 +308,7 @@ outbox_launcher_main(Datum main_arg)
 
 	outbox_shmem_attach_launcher();
 	memset(launcher_slots, 0, sizeof(launcher_slots));
+	memset(destination_states, 0, sizeof(destination_states));
 
 	for (;;)
 	{
@@ -265,6 +325,8 @@ outbox_launcher_main(Datum main_arg)
 
 		for (i = 0; i < outbox_shmem_slot_count(); i++)
 			timeout_ms = Min(timeout_ms, tend_slot(i, now));
+		for (i = 0; i < OUTBOX_MAX_DESTINATION_WORKERS; i++)
+			timeout_ms = Min(timeout_ms, tend_destination_slot(i, now));
 
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

@@ -53,6 +53,7 @@ int			outbox_processing_timeout = 60000;
 int			outbox_retention = 7 * 24 * 3600;
 int			outbox_ordering = OUTBOX_ORDERING_KEY;
 bool		outbox_enabled = true;
+int			outbox_destination_disable_after = 5 * 24 * 3600;
 
 static const struct config_enum_entry ordering_options[] = {
 	{"key", OUTBOX_ORDERING_KEY, false},
@@ -280,6 +281,15 @@ define_settings(void)
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("outbox.destination_disable_after",
+							"Time after which a destination whose every attempt failed is disabled; 0 never disables.",
+							NULL,
+							&outbox_destination_disable_after,
+							5 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("outbox.enabled",
 							 "Whether the relay workers publish; off pauses them.",

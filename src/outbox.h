@@ -15,6 +15,9 @@
 /* Most databases one server relays for (entries of outbox.databases). */
 #define OUTBOX_MAX_DATABASES 32
 
+/* Most destinations with a worker of their own, over all databases. */
+#define OUTBOX_MAX_DESTINATION_WORKERS 64
+
 /* Longest topic, in bytes. */
 #define OUTBOX_MAX_TOPIC_LEN 255
 
@@ -42,5 +45,6 @@ extern int	outbox_processing_timeout;
 extern int	outbox_retention;
 extern int	outbox_ordering;
 extern bool outbox_enabled;
+extern int	outbox_destination_disable_after;
 
 #endif							/* OUTBOX_H */

@@ -49,8 +49,11 @@
  * 2: OutboxProblem names its publisher and error code; secret settings are
  * registered with OutboxPublisherKeepSecret(); header iteration, payload
  * kinds and a monotonic clock for everyone.
+ * 3: destinations: a publisher declares its options, reads the current
+ * destination's values with OutboxOption*(), and a result may disable its
+ * destination.
  */
-#define OUTBOX_PUBLISHER_API_VERSION 2
+#define OUTBOX_PUBLISHER_API_VERSION 3
 
 /* One message handed to a publisher; all fields are read-only. */
 typedef struct OutboxMessage
@@ -90,7 +93,47 @@ typedef struct OutboxPublishResult
 	 * the larger of one hour and outbox.retry_backoff_max from now.
 	 */
 	TimestampTz retry_at;
+
+	/*
+	 * The receiver said it wants no more messages (HTTP 410 Gone): with a
+	 * failed status, the destination is disabled, with error as the reason,
+	 * until outbox.resume_destination().  Ignored for the default
+	 * destination, which cannot be disabled.
+	 */
+	bool		disable_destination;
 } OutboxPublishResult;
+
+/* The kinds of value a publisher option takes. */
+typedef enum OutboxOptionType
+{
+	OUTBOX_OPTION_STRING,		/* a JSON string */
+	OUTBOX_OPTION_INTEGER,		/* a JSON number, or a string with the unit */
+	OUTBOX_OPTION_BOOLEAN,		/* a JSON boolean */
+	OUTBOX_OPTION_OBJECT		/* a JSON object of strings (headers) */
+} OutboxOptionType;
+
+/*
+ * One option a publisher takes from a destination's options.  The default
+ * destination takes it from the setting named (its value is also every
+ * destination's default); an option with no setting has none.
+ */
+typedef struct OutboxOption
+{
+	const char *name;			/* the key in the destination's options */
+	OutboxOptionType type;
+	const char *setting;		/* "outbox.http_url", or NULL */
+	bool		secret;			/* superuser-only: never shown nor logged */
+	bool		required;		/* a destination must set it */
+	int			unit;			/* OUTBOX_OPTION_INTEGER: 0 or GUC_UNIT_MS */
+	int64		min_value;		/* OUTBOX_OPTION_INTEGER bounds */
+	int64		max_value;
+
+	/*
+	 * Optional check of a value (a string option's text, or the text of an
+	 * integer's decimal value): NULL when fine, else a palloc'd reason.
+	 */
+	char	   *(*check) (const char *value);
+} OutboxOption;
 
 typedef struct OutboxPublisher
 {
@@ -105,11 +148,21 @@ typedef struct OutboxPublisher
 	 */
 	char	   *(*check_topic) (const char *topic);
 
+	/*
+	 * init() before the first batch; reload() after the settings or the
+	 * destination's options changed; shutdown() when the worker exits or
+	 * switches publishers.  Read options with OutboxOption*() in any of
+	 * them and in publish().
+	 */
 	void		(*init) (void);
 	void		(*publish) (OutboxMessage *messages, int nmessages,
 							OutboxPublishResult *results);
 	void		(*reload) (void);
 	void		(*shutdown) (void);
+
+	/* The options a destination of this publisher takes. */
+	const OutboxOption *options;
+	int			noptions;
 } OutboxPublisher;
 
 /* Signature of OutboxRegisterPublisher, for load_external_function(). */
@@ -132,6 +185,18 @@ extern PGDLLEXPORT void OutboxRegisterPublisher(const OutboxPublisher *publisher
  */
 extern PGDLLEXPORT int OutboxPublisherWait(pgsocket sock, int socket_events,
 										   long timeout_ms);
+
+/*
+ * The current destination's options, inside the worker's callbacks: the
+ * value the destination sets, else its setting's value, else "" / 0 /
+ * false / NULL.  Strings are palloc'd in the current memory context.
+ * OutboxDestinationName() is "default" for the default destination.
+ */
+extern PGDLLEXPORT char *OutboxOptionString(const char *name);
+extern PGDLLEXPORT int64 OutboxOptionInteger(const char *name);
+extern PGDLLEXPORT bool OutboxOptionBoolean(const char *name);
+extern PGDLLEXPORT Jsonb *OutboxOptionObject(const char *name);
+extern PGDLLEXPORT const char *OutboxDestinationName(void);
 
 /* Milliseconds of a monotonic clock, for a publisher's own deadlines. */
 extern PGDLLEXPORT int64 OutboxPublisherNowMs(void);

@@ -38,4 +38,11 @@
 	pg_database_ownercheck((dboid), (roleid))
 #endif
 
+/* This backend's PGPROC number: MyProcNumber since 17. */
+#if PG_VERSION_NUM >= 170000
+#define outbox_my_procno() ((int) MyProcNumber)
+#else
+#define outbox_my_procno() (MyProc != NULL ? MyProc->pgprocno : -1)
+#endif
+
 #endif							/* OUTBOX_PG_COMPAT_H */

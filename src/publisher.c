@@ -41,7 +41,10 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/memutils.h"
 
 #include "pg_compat.h"
@@ -199,6 +202,40 @@ contains_ignoring_case(const char *haystack, const char *needle)
 }
 
 /*
+ * Keep statements that mention a word out of one log message: the logged
+ * statement itself (log_statement, log_min_duration_statement, and the
+ * extended protocol's execute lines, whose detail holds the parameters)
+ * and the STATEMENT line of an error.  what names it in the replacement.
+ */
+static void
+redact_statement(ErrorData *edata, const char *word, const char *what)
+{
+	static const char *const statement_logs[] = {
+		"statement: ", "duration: ", "execute ", "parse ", "bind ", NULL
+	};
+
+	if (edata->message_id != NULL && edata->message != NULL &&
+		contains_ignoring_case(edata->message, word))
+	{
+		const char *const *prefix;
+
+		for (prefix = statement_logs; *prefix; prefix++)
+		{
+			if (strncmp(edata->message_id, *prefix, strlen(*prefix)) == 0)
+			{
+				edata->message = psprintf("statement: (a statement mentioning %s, not shown)",
+										  what);
+				edata->detail = NULL;
+				edata->detail_log = NULL;
+				break;
+			}
+		}
+	}
+	if (debug_query_string != NULL && contains_ignoring_case(debug_query_string, word))
+		edata->hide_stmt = true;
+}
+
+/*
  * Keep a secret setting's value out of one log message.  The
  * changed-parameter message is recognized by its untranslated format, and
  * the name is looked for without regard to case (it is spelled as in the
@@ -212,18 +249,11 @@ redact_setting(ErrorData *edata, const char *setting)
 	const char *dot = strchr(setting, '.');
 	const char *bare = dot ? dot + 1 : setting;
 
-	if (edata->message_id != NULL && edata->message != NULL)
-	{
-		if (strcmp(edata->message_id, "parameter \"%s\" changed to \"%s\"") == 0 &&
-			contains_ignoring_case(edata->message, setting))
-			edata->message = psprintf("parameter \"%s\" changed", setting);
-		else if (strncmp(edata->message_id, "statement: ", 11) == 0 &&
-				 contains_ignoring_case(edata->message, bare))
-			edata->message = psprintf("statement: (a statement mentioning %s, not shown)",
-									  setting);
-	}
-	if (debug_query_string != NULL && contains_ignoring_case(debug_query_string, bare))
-		edata->hide_stmt = true;
+	if (edata->message_id != NULL && edata->message != NULL &&
+		strcmp(edata->message_id, "parameter \"%s\" changed to \"%s\"") == 0 &&
+		contains_ignoring_case(edata->message, setting))
+		edata->message = psprintf("parameter \"%s\" changed", setting);
+	redact_statement(edata, bare, setting);
 }
 
 /*
@@ -276,6 +306,9 @@ redact_secrets(ErrorData *edata)
 
 	for (i = 0; i < nsecrets; i++)
 		redact_setting(edata, secret_settings[i]);
+	/* Destinations' options may hold secrets. */
+	redact_statement(edata, "create_destination", "outbox.create_destination");
+	redact_statement(edata, "alter_destination", "outbox.alter_destination");
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }
@@ -301,11 +334,23 @@ OutboxPublisherKeepSecret(const char *setting)
 				 errmsg("too many outbox secret settings registered"),
 				 errdetail("At most %d settings can be kept out of the log.", MAX_SECRETS)));
 	secret_settings[nsecrets++] = MemoryContextStrdup(TopMemoryContext, setting);
-	if (nsecrets == 1)
-	{
-		prev_emit_log_hook = emit_log_hook;
-		emit_log_hook = redact_secrets;
-	}
+	outbox_publisher_install_log_hook();
+}
+
+/*
+ * Install the log hook that keeps secrets out of the server log, once per
+ * process (module start calls it; so does the first secret setting).
+ */
+void
+outbox_publisher_install_log_hook(void)
+{
+	static bool installed = false;
+
+	if (installed)
+		return;
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = redact_secrets;
+	installed = true;
 }
 
 /*
@@ -464,4 +509,336 @@ OutboxPayloadKindOf(const OutboxMessage *message)
 	outbox_json_lex_context_free(lex);
 	pfree(text);
 	return json ? OUTBOX_PAYLOAD_JSON : OUTBOX_PAYLOAD_TEXT;
+}
+
+/*
+ * Destinations' options.  The worker sets the destination it publishes for
+ * (outbox_publisher_set_destination); publishers read its values with the
+ * OutboxOption*() functions.  A destination's own options come first; an
+ * option it leaves out takes its setting's value, which is also what the
+ * default destination (options NULL) uses.
+ */
+static const OutboxPublisher *current_publisher = NULL;
+static const char *current_destination = "default";
+static Jsonb *current_options = NULL;
+
+/* Make the worker's destination the one the OutboxOption*() calls read. */
+void
+outbox_publisher_set_destination(const OutboxPublisher *publisher, const char *name,
+								 Jsonb *options)
+{
+	current_publisher = publisher;
+	current_destination = name;
+	current_options = options;
+}
+
+/* The declaration of one of the current publisher's options, or an error. */
+static const OutboxOption *
+find_option(const OutboxPublisher *publisher, const char *name)
+{
+	int			i;
+
+	for (i = 0; publisher != NULL && i < publisher->noptions; i++)
+	{
+		if (strcmp(publisher->options[i].name, name) == 0)
+			return &publisher->options[i];
+	}
+	elog(ERROR, "outbox publisher \"%s\" has no option \"%s\"",
+		 publisher ? publisher->name : "(none)", name);
+	return NULL;				/* keep the compiler quiet */
+}
+
+/* The current destination's own value of an option, or NULL. */
+static JsonbValue *
+destination_value(const char *name)
+{
+	JsonbValue	key;
+
+	if (current_options == NULL)
+		return NULL;
+	key.type = jbvString;
+	key.val.string.val = (char *) name;
+	key.val.string.len = (int) strlen(name);
+	return findJsonbValueFromContainer(&current_options->root, JB_FOBJECT, &key);
+}
+
+/* An integer option's text ("5s", "200") as its value in its unit. */
+static bool
+parse_integer_option(const OutboxOption *option, const char *text, int64 *result)
+{
+	int			value;
+	const char *hint = NULL;
+
+	if (!parse_int(text, &value, option->unit, &hint))
+		return false;
+	*result = value;
+	return true;
+}
+
+/* Public API (outbox_publisher.h). */
+char *
+OutboxOptionString(const char *name)
+{
+	const OutboxOption *option = find_option(current_publisher, name);
+	JsonbValue *v = destination_value(name);
+
+	if (v != NULL && v->type == jbvString)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (option->setting != NULL)
+		return pstrdup(GetConfigOption(option->setting, true, false) ?
+					   GetConfigOption(option->setting, true, false) : "");
+	return pstrdup("");
+}
+
+/* Public API (outbox_publisher.h). */
+int64
+OutboxOptionInteger(const char *name)
+{
+	const OutboxOption *option = find_option(current_publisher, name);
+	JsonbValue *v = destination_value(name);
+	int64		result = 0;
+
+	if (v != NULL && v->type == jbvNumeric)
+		return DatumGetInt64(DirectFunctionCall1(numeric_int8,
+												 NumericGetDatum(v->val.numeric)));
+	if (v != NULL && v->type == jbvString)
+	{
+		char	   *text = pnstrdup(v->val.string.val, v->val.string.len);
+
+		if (parse_integer_option(option, text, &result))
+			return result;
+	}
+	if (option->setting != NULL)
+	{
+		const char *text = GetConfigOption(option->setting, true, false);
+
+		if (text != NULL && parse_integer_option(option, text, &result))
+			return result;
+	}
+	return 0;
+}
+
+/* Public API (outbox_publisher.h). */
+bool
+OutboxOptionBoolean(const char *name)
+{
+	const OutboxOption *option = find_option(current_publisher, name);
+	JsonbValue *v = destination_value(name);
+	bool		result = false;
+
+	if (v != NULL && v->type == jbvBool)
+		return v->val.boolean;
+	if (option->setting != NULL)
+	{
+		const char *text = GetConfigOption(option->setting, true, false);
+
+		if (text != NULL && parse_bool(text, &result))
+			return result;
+	}
+	return false;
+}
+
+/* Public API (outbox_publisher.h). */
+Jsonb *
+OutboxOptionObject(const char *name)
+{
+	const OutboxOption *option = find_option(current_publisher, name);
+	JsonbValue *v = destination_value(name);
+
+	if (v != NULL && v->type == jbvBinary)
+		return JsonbValueToJsonb(v);
+	if (option->setting != NULL)
+	{
+		const char *text = GetConfigOption(option->setting, true, false);
+
+		if (text != NULL && text[0] != '\0')
+			return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+	}
+	return NULL;
+}
+
+/* Public API (outbox_publisher.h). */
+const char *
+OutboxDestinationName(void)
+{
+	return current_destination;
+}
+
+/* Raise the error of a bad option value. */
+static void option_error(const OutboxPublisher *publisher, const OutboxOption *option,
+						 const char *problem) pg_attribute_noreturn();
+
+static void
+option_error(const OutboxPublisher *publisher, const OutboxOption *option,
+			 const char *problem)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid value for option \"%s\" of publisher \"%s\"",
+					option->name, publisher->name),
+			 errdetail("%s", problem)));
+}
+
+/* Check one option's value against its declaration. */
+static void
+check_option_value(const OutboxPublisher *publisher, const OutboxOption *option,
+				   JsonbValue *v)
+{
+	char	   *text = NULL;
+	char	   *problem;
+
+	switch (option->type)
+	{
+		case OUTBOX_OPTION_STRING:
+			if (v->type != jbvString)
+				option_error(publisher, option, "The value must be a JSON string.");
+			text = pnstrdup(v->val.string.val, v->val.string.len);
+			break;
+		case OUTBOX_OPTION_INTEGER:
+			{
+				int64		value;
+
+				if (v->type == jbvNumeric)
+				{
+					char	   *digits = DatumGetCString(DirectFunctionCall1(numeric_out,
+																			 NumericGetDatum(v->val.numeric)));
+					char	   *end;
+
+					errno = 0;
+					value = strtoi64(digits, &end, 10);
+					if (errno != 0 || *end != '\0')
+						option_error(publisher, option, "The value must be a whole number.");
+				}
+				else if (v->type == jbvString)
+				{
+					text = pnstrdup(v->val.string.val, v->val.string.len);
+					if (!parse_integer_option(option, text, &value))
+						option_error(publisher, option,
+									 option->unit == GUC_UNIT_MS ?
+									 "The value must be a number of milliseconds, or a string with a unit such as \"5s\"." :
+									 "The value must be a whole number.");
+				}
+				else
+					option_error(publisher, option, "The value must be a JSON number.");
+				if (value < option->min_value || value > option->max_value)
+					option_error(publisher, option,
+								 psprintf("The value must be between " INT64_FORMAT " and " INT64_FORMAT "%s.",
+										  option->min_value, option->max_value,
+										  option->unit == GUC_UNIT_MS ? " milliseconds" : ""));
+				text = psprintf(INT64_FORMAT, value);
+			}
+			break;
+		case OUTBOX_OPTION_BOOLEAN:
+			if (v->type != jbvBool)
+				option_error(publisher, option, "The value must be true or false.");
+			break;
+		case OUTBOX_OPTION_OBJECT:
+			{
+				Jsonb	   *object;
+				OutboxHeaderIterator it;
+				OutboxHeader h;
+
+				if (v->type != jbvBinary)
+					option_error(publisher, option, "The value must be a JSON object of strings.");
+				object = JsonbValueToJsonb(v);
+				if (!JB_ROOT_IS_OBJECT(object) || JB_ROOT_IS_SCALAR(object))
+					option_error(publisher, option, "The value must be a JSON object of strings.");
+				OutboxHeadersBegin(&it, object);
+				while (OutboxHeadersNext(&it, &h))
+				{
+					if (h.value == NULL)
+						option_error(publisher, option, "The value must be a JSON object of strings.");
+				}
+			}
+			break;
+	}
+	if (option->check != NULL && text != NULL &&
+		(problem = option->check(text)) != NULL)
+		option_error(publisher, option, problem);
+}
+
+/*
+ * Check a destination's options for a publisher: every key a declared
+ * option, every value of its type and in its bounds, every required option
+ * there.  Raises an error (22023) naming the first problem.
+ */
+void
+outbox_check_destination_options(const OutboxPublisher *publisher, Jsonb *options)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken token;
+	char	   *key = NULL;
+	int			i;
+
+	if (!JB_ROOT_IS_OBJECT(options) || JB_ROOT_IS_SCALAR(options))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("destination options must be a JSON object")));
+
+	it = JsonbIteratorInit(&options->root);
+	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (token == WJB_KEY)
+		{
+			const OutboxOption *option = NULL;
+
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+			for (i = 0; i < publisher->noptions && option == NULL; i++)
+			{
+				if (strcmp(publisher->options[i].name, key) == 0)
+					option = &publisher->options[i];
+			}
+			if (option == NULL)
+			{
+				StringInfoData known;
+
+				initStringInfo(&known);
+				for (i = 0; i < publisher->noptions; i++)
+					appendStringInfo(&known, "%s%s", i > 0 ? ", " : "",
+									 publisher->options[i].name);
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("unknown option \"%s\" for publisher \"%s\"", key, publisher->name),
+						 publisher->noptions > 0 ?
+						 errdetail("Publisher \"%s\" takes: %s.", publisher->name, known.data) :
+						 errdetail("Publisher \"%s\" takes no options.", publisher->name)));
+			}
+		}
+		else if (token == WJB_VALUE)
+		{
+			const OutboxOption *option = find_option(publisher, key);
+
+			check_option_value(publisher, option, &v);
+		}
+	}
+	for (i = 0; i < publisher->noptions; i++)
+	{
+		const OutboxOption *option = &publisher->options[i];
+		JsonbValue	k;
+
+		k.type = jbvString;
+		k.val.string.val = (char *) option->name;
+		k.val.string.len = (int) strlen(option->name);
+		if (option->required &&
+			findJsonbValueFromContainer(&options->root, JB_FOBJECT, &k) == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("option \"%s\" is required for publisher \"%s\"",
+							option->name, publisher->name)));
+	}
+}
+
+/* Whether an option of a publisher is secret (unknown ones are, to be safe). */
+bool
+outbox_option_is_secret(const OutboxPublisher *publisher, const char *name)
+{
+	int			i;
+
+	for (i = 0; publisher != NULL && i < publisher->noptions; i++)
+	{
+		if (strcmp(publisher->options[i].name, name) == 0)
+			return publisher->options[i].secret;
+	}
+	return true;
 }

@@ -23,4 +23,14 @@ extern char *outbox_publisher_names(void);
 extern bool outbox_publisher_take_wakeup(void);
 extern bool outbox_publisher_take_reload(void);
 
+/* The log hook that keeps secrets out of the server log (module start). */
+extern void outbox_publisher_install_log_hook(void);
+
+/* Destinations' options (worker.c, destination.c). */
+extern void outbox_publisher_set_destination(const OutboxPublisher *publisher,
+											 const char *name, Jsonb *options);
+extern void outbox_check_destination_options(const OutboxPublisher *publisher,
+											 Jsonb *options);
+extern bool outbox_option_is_secret(const OutboxPublisher *publisher, const char *name);
+
 #endif							/* OUTBOX_REGISTRY_H */

@@ -56,7 +56,6 @@ generate_id(pg_uuid_t *id)
 	uint32		tail = (uint32) pg_prng_uint64(&pg_global_prng_state);
 	uint64		ms;
 	uint64		counter;
-	unsigned char *b = id->data;
 
 	outbox_require_shared_state();
 
@@ -64,22 +63,7 @@ generate_id(pg_uuid_t *id)
 		(uint64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
 	outbox_shmem_next_id_clock(now_ms, fresh_counter, &ms, &counter);
 
-	b[0] = (unsigned char) (ms >> 40);
-	b[1] = (unsigned char) (ms >> 32);
-	b[2] = (unsigned char) (ms >> 24);
-	b[3] = (unsigned char) (ms >> 16);
-	b[4] = (unsigned char) (ms >> 8);
-	b[5] = (unsigned char) ms;
-	b[6] = (unsigned char) (0x70 | ((counter >> 38) & 0x0F));	/* version 7 */
-	b[7] = (unsigned char) (counter >> 30);
-	b[8] = (unsigned char) (0x80 | ((counter >> 24) & 0x3F));	/* variant */
-	b[9] = (unsigned char) (counter >> 16);
-	b[10] = (unsigned char) (counter >> 8);
-	b[11] = (unsigned char) counter;
-	b[12] = (unsigned char) (tail >> 24);
-	b[13] = (unsigned char) (tail >> 16);
-	b[14] = (unsigned char) (tail >> 8);
-	b[15] = (unsigned char) tail;
+	outbox_uuid_from_clock(ms, counter, tail, id);
 }
 
 /*

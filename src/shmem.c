@@ -16,10 +16,20 @@
  *	  DATABASE asks for.  The launcher fields and the slots are protected by
  *	  one LWLock; the slot's database name is written once, before any
  *	  other process runs, and read without it;
+ *	- a pool of destination slots, one per destination that needs a worker
+ *	  (any publisher but "external"), kept in sync with outbox.destination by
+ *	  each database's main worker and tended by the launcher;
+ *	- the id horizon: per backend, the millisecond of the first id its open
+ *	  transaction took (set under the clock's spinlock, cleared when the
+ *	  transaction ended), so that a destination knows below which id no
+ *	  message can still commit;
+ *	- the routing version, bumped by every commit that changed
+ *	  subscriptions, for the backends' routing caches;
  *	- the commit-time wake-up: a transaction that saved messages sets its
- *	  database's worker's latch when it commits (or asks the launcher for a
- *	  worker), like pg_net's.  Each backend finds its database's slot once
- *	  and keeps its number.
+ *	  database's worker's latch (or the latches of the destinations it
+ *	  routed them to) when it commits, or asks the launcher for a worker,
+ *	  like pg_net's.  Each backend finds its database's slot once and keeps
+ *	  its number.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -34,12 +44,15 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 #include "utils/varlena.h"
 
 #include "outbox.h"
+#include "pg_compat.h"
 #include "shmem.h"
 
 /* One relayed database. */
@@ -67,7 +80,25 @@ typedef struct OutboxWorkerSlot
 
 	/* Set by committing backends, taken by the launcher; no lock. */
 	pg_atomic_uint32 start_requested;
+
+	/* Bumped by commits that changed the database's destinations. */
+	pg_atomic_uint32 destinations_version;
 } OutboxWorkerSlot;
+
+/* One destination's worker. */
+typedef struct OutboxDestinationSlot
+{
+	/* Protected by OutboxSharedState.lock. */
+	bool		in_use;			/* wanted by its database's main worker */
+	int			db_slot;		/* its database's slot */
+	int32		destination_id;
+	char		name[NAMEDATALEN];
+	pid_t		pid;			/* attached worker, 0 when none */
+	Latch	   *latch;
+
+	/* Bumped when the destination's row changed; no lock. */
+	pg_atomic_uint32 options_version;
+} OutboxDestinationSlot;
 
 typedef struct OutboxSharedState
 {
@@ -76,11 +107,23 @@ typedef struct OutboxSharedState
 	Latch	   *launcher_latch;
 	int			nslots;			/* fixed when shared memory is created */
 	OutboxWorkerSlot slots[OUTBOX_MAX_DATABASES];
+	OutboxDestinationSlot destinations[OUTBOX_MAX_DESTINATION_WORKERS];
+
+	/* Bumped by every commit that changed subscriptions. */
+	pg_atomic_uint64 routing_version;
 
 	/* The UUIDv7 clock. */
 	slock_t		id_mutex;
 	uint64		id_last_ms;
 	uint64		id_last_counter;
+
+	/*
+	 * The id horizon: per PGPROC number, the millisecond of the first id
+	 * its open transaction took, 0 when none.  Written by its backend under
+	 * id_mutex (set) or alone (cleared), read by anyone.
+	 */
+	int			nhorizon;
+	pg_atomic_uint64 horizon[FLEXIBLE_ARRAY_MEMBER];
 } OutboxSharedState;
 
 static OutboxSharedState *OutboxShared = NULL;
@@ -90,18 +133,41 @@ static OutboxSharedState *OutboxShared = NULL;
 #define SLOT_NONE		(-1)
 static int	my_database_slot = SLOT_UNKNOWN;
 
-/* The slot this process is the worker of, or -1. */
+/* The slot this process is the worker of, or -1; likewise a destination's. */
 static int	my_worker_slot = -1;
+static int	my_destination_slot = -1;
 
-/* Whether the current transaction saved messages. */
+/*
+ * What the current transaction's commit must do.  The main worker is woken
+ * when more messages were saved (or requeued) than routed to destinations.
+ */
 static bool wake_at_commit = false;
+static int64 saved_messages = 0;
+static int64 routed_messages = 0;
+static bool routing_changed = false;
+static bool destinations_changed = false;
+#define MAX_WOKEN_DESTINATIONS 16
+static int32 woken_destinations[MAX_WOKEN_DESTINATIONS];
+static int	nwoken_destinations = 0;
+static bool wake_all_destinations = false;
+static bool horizon_set = false;
 static bool xact_callback_registered = false;
+
+static void register_xact_callback(void);
+
+/* The size of the shared state, with a horizon entry per PGPROC. */
+static Size
+shared_state_size(void)
+{
+	return add_size(offsetof(OutboxSharedState, horizon),
+					mul_size(sizeof(pg_atomic_uint64), MaxBackends));
+}
 
 /* Ask for the shared memory and the LWLock (from shmem_request_hook). */
 void
 outbox_shmem_request(void)
 {
-	RequestAddinShmemSpace(MAXALIGN(sizeof(OutboxSharedState)));
+	RequestAddinShmemSpace(MAXALIGN(shared_state_size()));
 	RequestNamedLWLockTranche("outbox", 1);
 }
 
@@ -125,6 +191,7 @@ fill_slots(void)
 
 		strlcpy(slot->dbname, (char *) lfirst(lc), NAMEDATALEN);
 		pg_atomic_init_u32(&slot->start_requested, 0);
+		pg_atomic_init_u32(&slot->destinations_version, 0);
 	}
 	OutboxShared->nslots = n;
 	list_free(names);
@@ -138,13 +205,25 @@ outbox_shmem_startup(void)
 	bool		found;
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	OutboxShared = ShmemInitStruct("outbox", sizeof(OutboxSharedState), &found);
+	OutboxShared = ShmemInitStruct("outbox", shared_state_size(), &found);
 	if (!found)
 	{
-		memset(OutboxShared, 0, sizeof(OutboxSharedState));
+		int			i;
+
+		memset(OutboxShared, 0, shared_state_size());
 		OutboxShared->lock = &(GetNamedLWLockTranche("outbox"))->lock;
 		SpinLockInit(&OutboxShared->id_mutex);
+		/* ids, and the horizon, start from now: never below it */
+		OutboxShared->id_last_ms = (uint64) (GetCurrentTimestamp() / 1000) +
+			(uint64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+		OutboxShared->id_last_counter = 0;
 		fill_slots();
+		for (i = 0; i < OUTBOX_MAX_DESTINATION_WORKERS; i++)
+			pg_atomic_init_u32(&OutboxShared->destinations[i].options_version, 0);
+		pg_atomic_init_u64(&OutboxShared->routing_version, 1);
+		OutboxShared->nhorizon = MaxBackends;
+		for (i = 0; i < MaxBackends; i++)
+			pg_atomic_init_u64(&OutboxShared->horizon[i], 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -167,12 +246,18 @@ outbox_require_shared_state(void)
  * Advance the UUIDv7 clock: a later millisecond starts a fresh counter,
  * the same (or an earlier: the clock stepped back) one increments it, and
  * an exhausted counter borrows the next millisecond.  Returns the
- * millisecond and counter of the new id.
+ * millisecond and counter of the new id.  The first id of a transaction
+ * also sets this backend's horizon entry, under the same spinlock, so that
+ * a reader of the horizon who saw the clock also sees the entry.
  */
 void
 outbox_shmem_next_id_clock(uint64 now_ms, uint64 fresh_counter,
 						   uint64 *ms, uint64 *counter)
 {
+	int			procno = outbox_my_procno();
+
+	if (!horizon_set)
+		register_xact_callback();
 	SpinLockAcquire(&OutboxShared->id_mutex);
 	if (now_ms > OutboxShared->id_last_ms)
 	{
@@ -186,7 +271,86 @@ outbox_shmem_next_id_clock(uint64 now_ms, uint64 fresh_counter,
 	}
 	*ms = OutboxShared->id_last_ms;
 	*counter = OutboxShared->id_last_counter;
+	if (!horizon_set && procno >= 0 && procno < OutboxShared->nhorizon)
+		pg_atomic_write_u64(&OutboxShared->horizon[procno], *ms);
 	SpinLockRelease(&OutboxShared->id_mutex);
+	horizon_set = true;
+}
+
+/* The millisecond of the newest id (or of the server's start). */
+uint64
+outbox_shmem_id_clock_ms(void)
+{
+	uint64		ms;
+
+	outbox_require_shared_state();
+	SpinLockAcquire(&OutboxShared->id_mutex);
+	ms = OutboxShared->id_last_ms;
+	SpinLockRelease(&OutboxShared->id_mutex);
+	return ms;
+}
+
+/*
+ * Write the UUIDv7 id of clock position (ms, counter) with its last 32 bits
+ * (random) as tail: ids compare as the clock advanced.
+ */
+void
+outbox_uuid_from_clock(uint64 ms, uint64 counter, uint32 tail, pg_uuid_t *id)
+{
+	unsigned char *b = id->data;
+
+	b[0] = (unsigned char) (ms >> 40);
+	b[1] = (unsigned char) (ms >> 32);
+	b[2] = (unsigned char) (ms >> 24);
+	b[3] = (unsigned char) (ms >> 16);
+	b[4] = (unsigned char) (ms >> 8);
+	b[5] = (unsigned char) ms;
+	b[6] = (unsigned char) (0x70 | ((counter >> 38) & 0x0F));	/* version 7 */
+	b[7] = (unsigned char) (counter >> 30);
+	b[8] = (unsigned char) (0x80 | ((counter >> 24) & 0x3F));	/* variant */
+	b[9] = (unsigned char) (counter >> 16);
+	b[10] = (unsigned char) (counter >> 8);
+	b[11] = (unsigned char) counter;
+	b[12] = (unsigned char) (tail >> 24);
+	b[13] = (unsigned char) (tail >> 16);
+	b[14] = (unsigned char) (tail >> 8);
+	b[15] = (unsigned char) tail;
+}
+
+/*
+ * The id horizon: the largest id such that every id up to it belongs to a
+ * transaction that has ended (committed or rolled back), so a snapshot
+ * taken after this call sees every committed message up to it.  With no
+ * transaction open that took an id, that is the newest id; else the last
+ * one before the millisecond of the oldest such transaction's first id.
+ */
+void
+outbox_shmem_id_horizon(pg_uuid_t *upto)
+{
+	uint64		last_ms;
+	uint64		last_counter;
+	uint64		open_ms = PG_UINT64_MAX;
+	int			i;
+
+	SpinLockAcquire(&OutboxShared->id_mutex);
+	last_ms = OutboxShared->id_last_ms;
+	last_counter = OutboxShared->id_last_counter;
+	SpinLockRelease(&OutboxShared->id_mutex);
+	for (i = 0; i < OutboxShared->nhorizon; i++)
+	{
+		uint64		ms = pg_atomic_read_u64(&OutboxShared->horizon[i]);
+
+		if (ms != 0 && ms < open_ms)
+			open_ms = ms;
+	}
+	if (open_ms <= last_ms)
+	{
+		/* the last id of the millisecond before */
+		outbox_uuid_from_clock(open_ms - 1, (UINT64CONST(1) << OUTBOX_ID_COUNTER_BITS) - 1,
+							   PG_UINT32_MAX, upto);
+	}
+	else
+		outbox_uuid_from_clock(last_ms, last_counter, PG_UINT32_MAX, upto);
 }
 
 /*
@@ -211,26 +375,43 @@ database_slot(void)
 	return my_database_slot;
 }
 
-/*
- * At commit of a transaction that saved messages, set the latch of this
- * database's relay worker; when none runs, ask the launcher for one.
- */
+/* Set the latches of the destination workers of this database woken. */
 static void
-wake_worker_callback(XactEvent event, void *arg)
+wake_destination_workers(void)
 {
-	OutboxWorkerSlot *slot;
+	Latch	   *latches[OUTBOX_MAX_DESTINATION_WORKERS];
+	int			nlatches = 0;
+	int			i;
+	int			j;
+
+	LWLockAcquire(OutboxShared->lock, LW_SHARED);
+	for (i = 0; i < OUTBOX_MAX_DESTINATION_WORKERS; i++)
+	{
+		OutboxDestinationSlot *d = &OutboxShared->destinations[i];
+
+		if (!d->in_use || d->db_slot != my_database_slot || d->latch == NULL)
+			continue;
+		for (j = 0; j < nwoken_destinations && !wake_all_destinations; j++)
+		{
+			if (woken_destinations[j] == d->destination_id)
+				break;
+		}
+		if (wake_all_destinations || j < nwoken_destinations)
+			latches[nlatches++] = d->latch;
+	}
+	LWLockRelease(OutboxShared->lock);
+	for (i = 0; i < nlatches; i++)
+		SetLatch(latches[i]);
+}
+
+/* Set the latch of this database's main worker, or ask for one. */
+static void
+wake_main_worker(void)
+{
+	OutboxWorkerSlot *slot = &OutboxShared->slots[my_database_slot];
 	Latch	   *worker_latch;
 	Latch	   *launcher_latch;
 
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE)
-		wake_at_commit = false;
-	if (event != XACT_EVENT_COMMIT || !wake_at_commit)
-		return;
-	wake_at_commit = false;
-	if (my_database_slot < 0)
-		return;
-
-	slot = &OutboxShared->slots[my_database_slot];
 	LWLockAcquire(OutboxShared->lock, LW_SHARED);
 	worker_latch = slot->pid != 0 ? slot->latch : NULL;
 	launcher_latch = OutboxShared->launcher_latch;
@@ -247,22 +428,132 @@ wake_worker_callback(XactEvent event, void *arg)
 }
 
 /*
- * Note that the current transaction saves messages, so that its commit
- * wakes the relay worker.  Must run inside a transaction.  Without the
- * library preloaded there is no worker to wake.
+ * At the end of a transaction: clear this backend's horizon entry (the
+ * transaction left the ProcArray already), and at commit wake whom its
+ * messages wait for, bump the routing version after a subscription change,
+ * and wake the main worker after a change of destinations.
+ */
+static void
+end_of_xact_callback(XactEvent event, void *arg)
+{
+	bool		commit = event == XACT_EVENT_COMMIT;
+
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
+		event != XACT_EVENT_PREPARE)
+		return;
+
+	if (horizon_set)
+	{
+		int			procno = outbox_my_procno();
+
+		if (procno >= 0 && procno < OutboxShared->nhorizon)
+			pg_atomic_write_u64(&OutboxShared->horizon[procno], 0);
+		horizon_set = false;
+	}
+
+	if (commit && routing_changed)
+		pg_atomic_fetch_add_u64(&OutboxShared->routing_version, 1);
+	if (commit && my_database_slot >= 0)
+	{
+		if (destinations_changed)
+			pg_atomic_fetch_add_u32(&OutboxShared->slots[my_database_slot].destinations_version, 1);
+		if ((wake_at_commit && saved_messages > routed_messages) || destinations_changed)
+			wake_main_worker();
+		if (nwoken_destinations > 0 || wake_all_destinations)
+			wake_destination_workers();
+	}
+	wake_at_commit = false;
+	saved_messages = 0;
+	routed_messages = 0;
+	routing_changed = false;
+	destinations_changed = false;
+	nwoken_destinations = 0;
+	wake_all_destinations = false;
+}
+
+/* Register the end-of-transaction callback, once per backend. */
+static void
+register_xact_callback(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(end_of_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+}
+
+/*
+ * Note that the current transaction saves messages for the default
+ * destination (or requeued some), so that its commit wakes the database's
+ * worker.  Must run inside a transaction.  Without the library preloaded
+ * there is no worker to wake.
  */
 void
 outbox_wake_worker_at_commit(void)
 {
 	if (OutboxShared == NULL)
 		return;
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(wake_worker_callback, NULL);
-		xact_callback_registered = true;
-	}
+	register_xact_callback();
 	(void) database_slot();
 	wake_at_commit = true;
+	saved_messages++;
+}
+
+/*
+ * Note that a message saved in the current transaction is routed to these
+ * destinations (not to the default one): its commit wakes their workers.
+ */
+void
+outbox_wake_destinations_at_commit(const int32 *destination_ids, int n)
+{
+	int			i;
+	int			j;
+
+	if (OutboxShared == NULL)
+		return;
+	register_xact_callback();
+	(void) database_slot();
+	routed_messages++;
+	for (j = 0; j < n && !wake_all_destinations; j++)
+	{
+		for (i = 0; i < nwoken_destinations; i++)
+		{
+			if (woken_destinations[i] == destination_ids[j])
+				break;
+		}
+		if (i < nwoken_destinations)
+			continue;
+		if (nwoken_destinations < MAX_WOKEN_DESTINATIONS)
+			woken_destinations[nwoken_destinations++] = destination_ids[j];
+		else
+			wake_all_destinations = true;
+	}
+}
+
+/*
+ * Note that the current transaction changes destinations (and, with
+ * subscriptions, routing): at commit the routing caches reload, the main
+ * worker resyncs the destination workers, and they reread their options.
+ */
+void
+outbox_destinations_changed_at_commit(bool subscriptions)
+{
+	if (OutboxShared == NULL)
+		return;
+	register_xact_callback();
+	(void) database_slot();
+	destinations_changed = true;
+	if (subscriptions)
+		routing_changed = true;
+}
+
+/* The routing version, for the routing caches. */
+uint64
+outbox_shmem_routing_version(void)
+{
+	if (OutboxShared == NULL)
+		return 0;
+	return pg_atomic_read_u64(&OutboxShared->routing_version);
 }
 
 /* Forget the launcher's latch when it exits. */
@@ -561,4 +852,180 @@ outbox_shmem_resume_worker(const char *dbname)
 	OutboxShared->slots[slot].paused_until = 0;
 	LWLockRelease(OutboxShared->lock);
 	wake_launcher();
+}
+
+/*
+ * Keep the destination slots of this (main) worker's database in step with
+ * the destinations that need a worker: n ids with their names and a hash
+ * of their configuration.  A slot is taken for each new one, its hash
+ * updated for each known one (its worker rereads its options when the hash
+ * changes), and the slots of the others are let go (their workers exit).
+ * Returns how many did not find a free slot.
+ */
+int
+outbox_shmem_sync_destinations(const int32 *ids, char *const *names,
+							   const uint32 *config_hashes, int n)
+{
+	int			db = my_worker_slot;
+	int			missing = 0;
+	int			i;
+	int			j;
+
+	LWLockAcquire(OutboxShared->lock, LW_EXCLUSIVE);
+	for (j = 0; j < OUTBOX_MAX_DESTINATION_WORKERS; j++)
+	{
+		OutboxDestinationSlot *d = &OutboxShared->destinations[j];
+		bool		wanted = false;
+
+		if (!d->in_use || d->db_slot != db)
+			continue;
+		for (i = 0; i < n && !wanted; i++)
+			wanted = ids[i] == d->destination_id;
+		if (!wanted)
+			d->in_use = false;
+	}
+	for (i = 0; i < n; i++)
+	{
+		OutboxDestinationSlot *found = NULL;
+
+		for (j = 0; j < OUTBOX_MAX_DESTINATION_WORKERS && found == NULL; j++)
+		{
+			OutboxDestinationSlot *d = &OutboxShared->destinations[j];
+
+			if (d->in_use && d->db_slot == db && d->destination_id == ids[i])
+				found = d;
+		}
+		for (j = 0; j < OUTBOX_MAX_DESTINATION_WORKERS && found == NULL; j++)
+		{
+			OutboxDestinationSlot *d = &OutboxShared->destinations[j];
+
+			if (!d->in_use && d->pid == 0)
+			{
+				found = d;
+				found->in_use = true;
+				found->db_slot = db;
+				found->destination_id = ids[i];
+				strlcpy(found->name, names[i], NAMEDATALEN);
+			}
+		}
+		if (found == NULL)
+			missing++;
+		else if (pg_atomic_read_u32(&found->options_version) != config_hashes[i])
+		{
+			pg_atomic_write_u32(&found->options_version, config_hashes[i]);
+			if (found->latch)
+				SetLatch(found->latch);
+		}
+	}
+	LWLockRelease(OutboxShared->lock);
+	wake_launcher();
+	return missing;
+}
+
+/* Copy what the launcher needs of a destination slot. */
+void
+outbox_shmem_view_destination(int slot, OutboxDestinationView *view)
+{
+	OutboxDestinationSlot *d = &OutboxShared->destinations[slot];
+
+	LWLockAcquire(OutboxShared->lock, LW_SHARED);
+	view->in_use = d->in_use;
+	view->pid = d->pid;
+	view->destination_id = d->destination_id;
+	strlcpy(view->name, d->name, NAMEDATALEN);
+	if (d->in_use)
+		strlcpy(view->dbname, OutboxShared->slots[d->db_slot].dbname, NAMEDATALEN);
+	else
+		view->dbname[0] = '\0';
+	view->paused_until = d->in_use ? OutboxShared->slots[d->db_slot].paused_until : 0;
+	LWLockRelease(OutboxShared->lock);
+}
+
+/* Leave this destination worker's slot when it exits. */
+static void
+detach_destination_worker(int code, Datum arg)
+{
+	OutboxDestinationSlot *d = &OutboxShared->destinations[my_destination_slot];
+
+	LWLockAcquire(OutboxShared->lock, LW_EXCLUSIVE);
+	if (d->pid == MyProcPid)
+	{
+		d->pid = 0;
+		d->latch = NULL;
+	}
+	LWLockRelease(OutboxShared->lock);
+	my_destination_slot = -1;
+	wake_launcher();
+}
+
+/*
+ * Attach this process as the worker of a destination slot, and copy its
+ * database and destination.  Like a database's worker, a destination has
+ * one worker at most; a slot let go meanwhile makes the worker exit too.
+ */
+void
+outbox_shmem_attach_destination_worker(int slot, char *dbname, int32 *destination_id,
+									   char *name)
+{
+	OutboxDestinationSlot *d;
+	pid_t		owner = 0;
+	bool		in_use;
+
+	if (slot < 0 || slot >= OUTBOX_MAX_DESTINATION_WORKERS)
+		elog(FATAL, "outbox destination worker started for slot %d", slot);
+	d = &OutboxShared->destinations[slot];
+
+	LWLockAcquire(OutboxShared->lock, LW_EXCLUSIVE);
+	in_use = d->in_use;
+	if (in_use)
+	{
+		strlcpy(dbname, OutboxShared->slots[d->db_slot].dbname, NAMEDATALEN);
+		*destination_id = d->destination_id;
+		strlcpy(name, d->name, NAMEDATALEN);
+		if (d->pid != 0)
+			owner = d->pid;
+		else
+		{
+			d->pid = MyProcPid;
+			d->latch = MyLatch;
+		}
+	}
+	LWLockRelease(OutboxShared->lock);
+
+	if (!in_use)
+		proc_exit(0);
+	if (owner != 0)
+	{
+		ereport(LOG,
+				(errmsg("outbox worker for destination \"%s\" of database \"%s\" is already running under PID %d",
+						name, dbname, (int) owner)));
+		proc_exit(0);
+	}
+	my_destination_slot = slot;
+	my_database_slot = d->db_slot;
+	before_shmem_exit(detach_destination_worker, (Datum) 0);
+}
+
+/*
+ * Whether this destination worker's slot is still wanted for its
+ * destination, and the version of the destination's configuration.
+ */
+bool
+outbox_shmem_destination_wanted(uint32 *config_version)
+{
+	OutboxDestinationSlot *d = &OutboxShared->destinations[my_destination_slot];
+	bool		wanted;
+
+	LWLockAcquire(OutboxShared->lock, LW_SHARED);
+	wanted = d->in_use && d->pid == MyProcPid;
+	LWLockRelease(OutboxShared->lock);
+	*config_version = pg_atomic_read_u32(&d->options_version);
+	return wanted;
+}
+
+/* The version of the main worker's database's destinations. */
+uint32
+outbox_shmem_destinations_version(void)
+{
+	return pg_atomic_read_u32(&OutboxShared->slots[my_worker_slot].destinations_version);
 }

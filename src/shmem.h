@@ -24,6 +24,17 @@ typedef struct OutboxSlotView
 	TimestampTz paused_until;	/* no worker before then (DROP DATABASE) */
 } OutboxSlotView;
 
+/* What the launcher reads of a destination slot. */
+typedef struct OutboxDestinationView
+{
+	bool		in_use;			/* wanted by its database's main worker */
+	pid_t		pid;			/* its worker, 0 when none runs */
+	int32		destination_id;
+	char		name[NAMEDATALEN];
+	char		dbname[NAMEDATALEN];
+	TimestampTz paused_until;	/* its database's DROP DATABASE pause */
+} OutboxDestinationView;
+
 /* Module start (outbox.c): from shmem_request_hook and shmem_startup_hook. */
 extern void outbox_shmem_request(void);
 extern void outbox_shmem_startup(void);
@@ -36,8 +47,16 @@ extern void outbox_require_shared_state(void);
 extern void outbox_shmem_next_id_clock(uint64 now_ms, uint64 fresh_counter,
 									   uint64 *ms, uint64 *counter);
 
-/* Waking workers (save.c, store.c). */
+/* Ids (save.c), the id horizon (delivery.c), and the clock (destination.c). */
+extern void outbox_uuid_from_clock(uint64 ms, uint64 counter, uint32 tail, pg_uuid_t *id);
+extern void outbox_shmem_id_horizon(pg_uuid_t *upto);
+extern uint64 outbox_shmem_id_clock_ms(void);
+
+/* Waking workers at commit, and routing (save.c, store.c, route.c, destination.c). */
 extern void outbox_wake_worker_at_commit(void);
+extern void outbox_wake_destinations_at_commit(const int32 *destination_ids, int n);
+extern void outbox_destinations_changed_at_commit(bool subscriptions);
+extern uint64 outbox_shmem_routing_version(void);
 
 /* The launcher (launcher.c). */
 extern void outbox_shmem_attach_launcher(void);
@@ -45,6 +64,15 @@ extern int	outbox_shmem_slot_count(void);
 extern void outbox_shmem_view_slot(int slot, OutboxSlotView *view);
 extern bool outbox_shmem_take_start_request(int slot);
 extern bool outbox_shmem_take_exit_for_missing_extension(int slot);
+
+/* Destination workers (launcher.c, worker.c). */
+extern int	outbox_shmem_sync_destinations(const int32 *ids, char *const *names,
+										   const uint32 *config_hashes, int n);
+extern void outbox_shmem_view_destination(int slot, OutboxDestinationView *view);
+extern void outbox_shmem_attach_destination_worker(int slot, char *dbname,
+												   int32 *destination_id, char *name);
+extern bool outbox_shmem_destination_wanted(uint32 *config_version);
+extern uint32 outbox_shmem_destinations_version(void);
 
 /* A relay worker (worker.c). */
 extern void outbox_shmem_attach_worker(int slot, char *dbname);

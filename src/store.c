@@ -28,8 +28,8 @@
  * key was read before it that can not be claimed: no lookup per key.  For
  * outbox.fetch_pending the kept ones are then set to processing.
  *
- * Every statement goes through store_execute(), inside a store call
- * (store_connect() ... store_finish()) that pins the settings the
+ * Every statement goes through outbox_store_execute(), inside a store call
+ * (outbox_store_connect() ... outbox_store_finish()) that pins the settings the
  * statements are planned for; store calls nest.
  *
  * Two ways to hold a claimed message while it is published, without a
@@ -61,6 +61,7 @@
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
+#include "catalog/namespace.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -69,10 +70,6 @@
 #include "shmem.h"
 #include "store.h"
 
-PG_FUNCTION_INFO_V1(outbox_fetch_pending);
-PG_FUNCTION_INFO_V1(outbox_mark_processed);
-PG_FUNCTION_INFO_V1(outbox_mark_failed);
-PG_FUNCTION_INFO_V1(outbox_retry_failed);
 
 /*
  * A claim first reads, without locking, the next $1 pending messages in id
@@ -91,10 +88,23 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
  * Under outbox.ordering = 'none' only the due messages matter: the same
  * scan without the messages not due.  ($4 is always empty here.)
  */
+#define CLAIM_SCAN_ROUTED_SQL \
+	"SELECT m.ctid, m.id, m.key, m.next_attempt_at <= $2 AS due, " \
+	"octet_length(m.payload) AS bytes FROM outbox.messages m " \
+	"WHERE m.status = 'pending' AND m.destinations IS NULL AND m.id > $3 " \
+	"AND m.key <> ALL ($4) ORDER BY m.id LIMIT $1"
+
 #define CLAIM_SCAN_DUE_SQL \
 	"SELECT m.ctid, m.id, m.key, true AS due, " \
 	"octet_length(m.payload) AS bytes FROM outbox.messages m " \
 	"WHERE m.status = 'pending' AND m.next_attempt_at <= $2 AND m.id > $3 " \
+	"AND m.key <> ALL ($4) ORDER BY m.id LIMIT $1"
+
+#define CLAIM_SCAN_DUE_ROUTED_SQL \
+	"SELECT m.ctid, m.id, m.key, true AS due, " \
+	"octet_length(m.payload) AS bytes FROM outbox.messages m " \
+	"WHERE m.status = 'pending' AND m.destinations IS NULL " \
+	"AND m.next_attempt_at <= $2 AND m.id > $3 " \
 	"AND m.key <> ALL ($4) ORDER BY m.id LIMIT $1"
 
 /* Keys held back by an external relay's claim. */
@@ -169,7 +179,8 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 
 /*
  * The earliest retry still to come among the oldest pending messages, for
- * the worker's sleep; $1 = now.
+ * the worker's sleep; $1 = now.  (Routed messages count too: harmless, the
+ * worker only wakes once more.)
  */
 #define NEXT_DUE_SQL \
 	"SELECT min(next_attempt_at) FROM (SELECT next_attempt_at FROM outbox.messages " \
@@ -181,62 +192,76 @@ PG_FUNCTION_INFO_V1(outbox_retry_failed);
 	"WHERE status = 'failed' AND ($1 IS NULL OR id = ANY($1))"
 
 /*
- * One statement of the store: prepared the first time it runs, kept for the
- * life of the process.
+ * With destinations, the default destination's failed messages, and the
+ * failed deliveries of routed ones (their messages pending again).
  */
-typedef struct StoreStatement
-{
-	const char *sql;
-	int			nargs;
-	Oid			argtypes[8];
-	bool		read_only;
-	int			expected;		/* the SPI_OK_* result that means success */
-	const char *action;			/* what it does, for its error message */
-	SPIPlanPtr	plan;
-} StoreStatement;
+#define RETRY_FAILED_ROUTED_SQL \
+	"WITH deliveries AS (UPDATE outbox.delivery x SET status = 'pending', retries = 0, " \
+	"    next_attempt_at = $2, claimed_at = NULL, claimed_by = NULL " \
+	"  WHERE x.status = 'failed' AND ($1 IS NULL OR x.message_id = ANY ($1)) " \
+	"  RETURNING x.message_id), " \
+	"messages AS (UPDATE outbox.messages m SET status = 'pending', retries = 0, " \
+	"    next_attempt_at = $2, processed_at = NULL " \
+	"  WHERE m.status = 'failed' AND (m.destinations IS NULL AND ($1 IS NULL OR m.id = ANY ($1)) " \
+	"    OR m.destinations IS NOT NULL AND m.id IN (SELECT message_id FROM deliveries)) " \
+	"  RETURNING m.id) " \
+	"SELECT (SELECT count(*) FROM messages WHERE id NOT IN (SELECT message_id FROM deliveries)) + " \
+	"       (SELECT count(*) FROM deliveries)"
 
-static StoreStatement claim_scan_stmt = {
+static OutboxStatement claim_scan_stmt = {
 	.sql = CLAIM_SCAN_SQL, .nargs = 4, .argtypes = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID},
 	.read_only = true, .expected = SPI_OK_SELECT, .action = "claim outbox messages"
 };
-static StoreStatement claim_scan_due_stmt = {
+static OutboxStatement claim_scan_routed_stmt = {
+	.sql = CLAIM_SCAN_ROUTED_SQL, .nargs = 4, .argtypes = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "claim outbox messages"
+};
+static OutboxStatement claim_scan_due_routed_stmt = {
+	.sql = CLAIM_SCAN_DUE_ROUTED_SQL, .nargs = 4, .argtypes = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "claim outbox messages"
+};
+static OutboxStatement claim_scan_due_stmt = {
 	.sql = CLAIM_SCAN_DUE_SQL, .nargs = 4, .argtypes = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID},
 	.read_only = true, .expected = SPI_OK_SELECT, .action = "claim outbox messages"
 };
-static StoreStatement claim_processing_keys_stmt = {
+static OutboxStatement claim_processing_keys_stmt = {
 	.sql = CLAIM_PROCESSING_KEYS_SQL, .nargs = 0, .argtypes = {InvalidOid},
 	.read_only = true, .expected = SPI_OK_SELECT, .action = "read outbox claims"
 };
-static StoreStatement claim_lock_stmt = {
+static OutboxStatement claim_lock_stmt = {
 	.sql = CLAIM_LOCK_SQL, .nargs = 2, .argtypes = {TIDARRAYOID, TIMESTAMPTZOID},
 	.read_only = false, .expected = SPI_OK_SELECT, .action = "claim outbox messages"
 };
-static StoreStatement claim_mark_stmt = {
+static OutboxStatement claim_mark_stmt = {
 	.sql = CLAIM_MARK_SQL, .nargs = 3, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID, INT4OID},
 	.read_only = false, .expected = SPI_OK_SELECT, .action = "claim outbox messages"
 };
-static StoreStatement mark_processed_stmt = {
+static OutboxStatement mark_processed_stmt = {
 	.sql = MARK_PROCESSED_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID},
 	.read_only = false, .expected = SPI_OK_UPDATE, .action = "mark outbox messages processed"
 };
-static StoreStatement mark_failed_stmt = {
+static OutboxStatement mark_failed_stmt = {
 	.sql = MARK_FAILED_SQL, .nargs = 8, .argtypes = {UUIDOID, TEXTOID, BOOLOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID},
 	.read_only = false, .expected = SPI_OK_UPDATE_RETURNING, .action = "mark outbox message failed"
 };
-static StoreStatement recover_stmt = {
+static OutboxStatement recover_stmt = {
 	.sql = RECOVER_SQL, .nargs = 1, .argtypes = {TIMESTAMPTZOID},
 	.read_only = false, .expected = SPI_OK_UPDATE, .action = "recover outbox messages"
 };
-static StoreStatement purge_stmt = {
+static OutboxStatement purge_stmt = {
 	.sql = PURGE_SQL, .nargs = 3, .argtypes = {TIMESTAMPTZOID, UUIDOID, INT4OID},
 	.read_only = false, .expected = SPI_OK_DELETE, .action = "purge outbox messages"
 };
 /* Not read-only: it must see the retries the marks just scheduled. */
-static StoreStatement next_due_stmt = {
+static OutboxStatement next_due_stmt = {
 	.sql = NEXT_DUE_SQL, .nargs = 1, .argtypes = {TIMESTAMPTZOID},
 	.read_only = false, .expected = SPI_OK_SELECT, .action = "read outbox schedule"
 };
-static StoreStatement retry_failed_stmt = {
+static OutboxStatement retry_failed_routed_stmt = {
+	.sql = RETRY_FAILED_ROUTED_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID},
+	.read_only = false, .expected = SPI_OK_SELECT, .action = "requeue outbox messages"
+};
+static OutboxStatement retry_failed_stmt = {
 	.sql = RETRY_FAILED_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID},
 	.read_only = false, .expected = SPI_OK_UPDATE, .action = "requeue outbox messages"
 };
@@ -251,14 +276,14 @@ static StoreStatement retry_failed_stmt = {
  * once it has grown.  Setting this in every backend that uses the store
  * covers the worker and external relays alike.
  *
- * Returns the GUC nesting level to hand to store_finish().  Store calls
+ * Returns the GUC nesting level to hand to outbox_store_finish().  Store calls
  * nest (a trigger on outbox.messages may call retry_failed() from inside
  * a mark, a function publisher may call fetch_pending()), and each one
  * undoes exactly its own settings; an error unwinds them with the
  * (sub)transaction.
  */
-static int
-store_connect(void)
+int
+outbox_store_connect(void)
 {
 	int			guc_level = NewGUCNestLevel();
 
@@ -272,8 +297,8 @@ store_connect(void)
 }
 
 /* End a store call: disconnect from SPI and restore the settings. */
-static void
-store_finish(int guc_level)
+void
+outbox_store_finish(int guc_level)
 {
 	SPI_finish();
 	AtEOXact_GUC(true, guc_level);
@@ -285,8 +310,8 @@ store_finish(int guc_level)
  * error unless it succeeds.  Returns the rows processed; a result is in
  * SPI_tuptable.  Runs inside a store call.
  */
-static uint64
-store_execute(StoreStatement *stmt, Datum *args, const char *nulls,
+uint64
+outbox_store_execute(OutboxStatement *stmt, Datum *args, const char *nulls,
 			  Snapshot snapshot, long max_rows)
 {
 	int			ret;
@@ -313,18 +338,31 @@ store_execute(StoreStatement *stmt, Datum *args, const char *nulls,
 
 /* A whole store call of one statement; returns the rows it processed. */
 static int
-store_run(StoreStatement *stmt, Datum *args, const char *nulls)
+store_run(OutboxStatement *stmt, Datum *args, const char *nulls)
 {
-	int			guc_level = store_connect();
-	int			count = (int) store_execute(stmt, args, nulls, InvalidSnapshot, 0);
+	int			guc_level = outbox_store_connect();
+	int			count = (int) outbox_store_execute(stmt, args, nulls, InvalidSnapshot, 0);
 
-	store_finish(guc_level);
+	outbox_store_finish(guc_level);
 	return count;
 }
 
+/*
+ * Whether this database's outbox has destinations (0.3.0 and later): the
+ * library also serves an older version until ALTER EXTENSION UPDATE.
+ */
+bool
+outbox_have_destinations(void)
+{
+	Oid			namespace = get_namespace_oid("outbox", true);
+
+	return OidIsValid(namespace) &&
+		OidIsValid(get_relname_relid("destination", namespace));
+}
+
 /* Build a uuid[] from ids. */
-static ArrayType *
-uuid_array(const pg_uuid_t *ids, int nids)
+ArrayType *
+outbox_uuid_array(const pg_uuid_t *ids, int nids)
 {
 	Datum	   *elems = palloc(sizeof(Datum) * Max(nids, 1));
 	int			i;
@@ -373,8 +411,8 @@ grow_batch(OutboxBatch *batch, uint64 n)
  * Append result rows to batch as messages allocated in context, detoasted,
  * so they stay valid after the transaction ends.
  */
-static void
-collect_messages(SPITupleTable *tuptable, uint64 nrows, MemoryContext context,
+void
+outbox_store_collect(SPITupleTable *tuptable, uint64 nrows, MemoryContext context,
 				 OutboxBatch *batch)
 {
 	MemoryContext old = MemoryContextSwitchTo(context);
@@ -458,6 +496,7 @@ typedef struct Claim
 	int			max_messages;
 	int64		max_bytes;		/* 0: no limit */
 	bool		ordered;		/* per-key order */
+	bool		routed;			/* the schema routes messages (0.3.0) */
 	TimestampTz now;
 	MemoryContext caller;		/* where the batch lives */
 	OutboxBatch *batch;
@@ -524,6 +563,7 @@ claim_begin(Claim *claim, int max_messages, int64 max_bytes, bool ordered,
 	claim->max_messages = max_messages;
 	claim->max_bytes = max_bytes;
 	claim->ordered = ordered;
+	claim->routed = outbox_have_destinations();
 	claim->now = now;
 	claim->caller = caller;
 	claim->batch = batch;
@@ -543,7 +583,7 @@ claim_begin(Claim *claim, int max_messages, int64 max_bytes, bool ordered,
 static void
 claim_hold_back_processing_keys(Claim *claim)
 {
-	uint64		n = store_execute(&claim_processing_keys_stmt, NULL, NULL,
+	uint64		n = outbox_store_execute(&claim_processing_keys_stmt, NULL, NULL,
 								  claim->snapshot, 0);
 	uint64		i;
 
@@ -571,8 +611,10 @@ claim_scan(Claim *claim, int limit, ScannedMessage **scanned)
 	args[1] = TimestampTzGetDatum(claim->now);
 	args[2] = UUIDPGetDatum(&claim->after);
 	args[3] = PointerGetDatum(key_array(claim->held_back));
-	nscanned = (int) store_execute(claim->ordered ? &claim_scan_stmt : &claim_scan_due_stmt,
-								   args, NULL, claim->snapshot, 0);
+	nscanned = (int) outbox_store_execute(claim->routed ?
+										  (claim->ordered ? &claim_scan_routed_stmt : &claim_scan_due_routed_stmt) :
+										  (claim->ordered ? &claim_scan_stmt : &claim_scan_due_stmt),
+										  args, NULL, claim->snapshot, 0);
 	*scanned = palloc(sizeof(ScannedMessage) * Max(nscanned, 1));
 	for (i = 0; i < nscanned; i++)
 	{
@@ -652,8 +694,8 @@ claim_lock(Claim *claim, Datum *chosen_ctids, int nchosen)
 											  sizeof(ItemPointerData), false,
 											  TYPALIGN_SHORT));
 	args[1] = TimestampTzGetDatum(claim->now);
-	nlocked = store_execute(&claim_lock_stmt, args, NULL, InvalidSnapshot, 0);
-	collect_messages(SPI_tuptable, nlocked, claim->caller, claim->batch);
+	nlocked = outbox_store_execute(&claim_lock_stmt, args, NULL, InvalidSnapshot, 0);
+	outbox_store_collect(SPI_tuptable, nlocked, claim->caller, claim->batch);
 	return (int) nlocked;
 }
 
@@ -783,7 +825,7 @@ outbox_store_claim(int max_messages, int64 max_bytes, bool ordered_by_key,
 	int			guc_level;
 
 	init_batch(batch, caller);
-	guc_level = store_connect();
+	guc_level = outbox_store_connect();
 	claim_begin(&claim, max_messages, max_bytes, ordered_by_key, now, caller, batch);
 	claim_messages(&claim);
 
@@ -796,16 +838,16 @@ outbox_store_claim(int max_messages, int64 max_bytes, bool ordered_by_key,
 
 		for (i = 0; i < batch->nmessages; i++)
 			ids[i] = batch->messages[i].id;
-		args[0] = PointerGetDatum(uuid_array(ids, batch->nmessages));
+		args[0] = PointerGetDatum(outbox_uuid_array(ids, batch->nmessages));
 		args[1] = TimestampTzGetDatum(now);
 		args[2] = Int32GetDatum(MyProcPid);
-		nclaimed = store_execute(&claim_mark_stmt, args, NULL, InvalidSnapshot, 0);
+		nclaimed = outbox_store_execute(&claim_mark_stmt, args, NULL, InvalidSnapshot, 0);
 		batch->nmessages = 0;
 		batch->tupdesc = NULL;
-		collect_messages(SPI_tuptable, nclaimed, caller, batch);
+		outbox_store_collect(SPI_tuptable, nclaimed, caller, batch);
 	}
 
-	store_finish(guc_level);
+	outbox_store_finish(guc_level);
 }
 
 /* Mark messages processed; returns how many changed. */
@@ -816,7 +858,7 @@ outbox_store_mark_processed(const pg_uuid_t *ids, int nids)
 
 	if (nids == 0)
 		return 0;
-	args[0] = PointerGetDatum(uuid_array(ids, nids));
+	args[0] = PointerGetDatum(outbox_uuid_array(ids, nids));
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	return store_run(&mark_processed_stmt, args, NULL);
 }
@@ -852,11 +894,11 @@ outbox_store_mark_failed(const pg_uuid_t *id, const char *error, bool permanent,
 	args[6] = Int32GetDatum(outbox_retry_backoff);
 	args[7] = Int32GetDatum(outbox_retry_backoff_max);
 
-	guc_level = store_connect();
-	if (store_execute(&mark_failed_stmt, args, nulls, InvalidSnapshot, 0) > 0)
+	guc_level = outbox_store_connect();
+	if (outbox_store_execute(&mark_failed_stmt, args, nulls, InvalidSnapshot, 0) > 0)
 		status = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0],
 														  SPI_tuptable->tupdesc, 1));
-	store_finish(guc_level);
+	outbox_store_finish(guc_level);
 	return status;
 }
 
@@ -916,8 +958,8 @@ outbox_store_next_due(void)
 	int			guc_level;
 
 	args[0] = TimestampTzGetDatum(GetCurrentTimestamp());
-	guc_level = store_connect();
-	if (store_execute(&next_due_stmt, args, NULL, InvalidSnapshot, 1) > 0)
+	guc_level = outbox_store_connect();
+	if (outbox_store_execute(&next_due_stmt, args, NULL, InvalidSnapshot, 1) > 0)
 	{
 		bool		isnull;
 		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -925,7 +967,7 @@ outbox_store_next_due(void)
 		if (!isnull)
 			due = DatumGetTimestampTz(value);
 	}
-	store_finish(guc_level);
+	outbox_store_finish(guc_level);
 	return due;
 }
 
@@ -935,134 +977,21 @@ outbox_store_retry_failed(ArrayType *ids)
 {
 	Datum		args[2];
 	char		nulls[2] = {' ', ' '};
+	int			guc_level;
+	int			count;
+	bool		isnull;
 
 	args[0] = PointerGetDatum(ids);
 	if (ids == NULL)
 		nulls[0] = 'n';
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	return store_run(&retry_failed_stmt, args, nulls);
+	if (!outbox_have_destinations())
+		return store_run(&retry_failed_stmt, args, nulls);
+	guc_level = outbox_store_connect();
+	(void) outbox_store_execute(&retry_failed_routed_stmt, args, nulls, InvalidSnapshot, 0);
+	count = (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											  1, &isnull));
+	outbox_store_finish(guc_level);
+	return count;
 }
 
-/* Turn a uuid[] argument into a C array, rejecting NULL elements. */
-static pg_uuid_t *
-uuid_array_argument(ArrayType *array, int *nids)
-{
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-	int			i;
-	pg_uuid_t  *ids;
-
-	deconstruct_array(array, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR,
-					  &elems, &nulls, &n);
-	ids = palloc(sizeof(pg_uuid_t) * Max(n, 1));
-	for (i = 0; i < n; i++)
-	{
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("message ids must not be null")));
-		memcpy(&ids[i], DatumGetUUIDP(elems[i]), sizeof(pg_uuid_t));
-	}
-	*nids = n;
-	return ids;
-}
-
-/*
- * outbox.fetch_pending(max_messages): claim up to max_messages due
- * messages for an external relay and return them in id order, as
- * processing.  Messages of one key come in order; publish them in order.
- */
-Datum
-outbox_fetch_pending(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			max_messages = PG_GETARG_INT32(0);
-	OutboxBatch batch;
-	int			i;
-
-	if (max_messages < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max_messages must not be negative")));
-
-	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	if (max_messages == 0)
-		PG_RETURN_NULL();
-
-	outbox_store_claim(max_messages, 0, outbox_ordering == OUTBOX_ORDERING_KEY,
-					   true, &batch);
-	for (i = 0; i < batch.nmessages; i++)
-	{
-		Datum	   *values = palloc(sizeof(Datum) * rsinfo->setDesc->natts);
-		bool	   *nulls = palloc(sizeof(bool) * rsinfo->setDesc->natts);
-		int			att;
-
-		/* Map by column name, so the row fits the declared row type. */
-		for (att = 0; att < rsinfo->setDesc->natts; att++)
-		{
-			Form_pg_attribute attr = TupleDescAttr(rsinfo->setDesc, att);
-			int			src;
-
-			nulls[att] = true;
-			values[att] = (Datum) 0;
-			if (attr->attisdropped)
-				continue;
-			src = SPI_fnumber(batch.tupdesc, NameStr(attr->attname));
-			if (src > 0)
-				values[att] = heap_getattr(batch.tuples[i], src, batch.tupdesc, &nulls[att]);
-		}
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	PG_RETURN_NULL();
-}
-
-/* outbox.mark_processed(VARIADIC ids): returns how many were marked. */
-Datum
-outbox_mark_processed(PG_FUNCTION_ARGS)
-{
-	int			nids;
-	pg_uuid_t  *ids = uuid_array_argument(PG_GETARG_ARRAYTYPE_P(0), &nids);
-
-	PG_RETURN_INT32(outbox_store_mark_processed(ids, nids));
-}
-
-/*
- * outbox.mark_failed(id, error): record a failed attempt and return the
- * message's new status; NULL when no unfinished message has that id.
- */
-Datum
-outbox_mark_failed(PG_FUNCTION_ARGS)
-{
-	const char *status;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("message id must not be null")));
-	status = outbox_store_mark_failed(PG_GETARG_UUID_P(0),
-									  PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)),
-									  false, 0);
-	if (status == NULL)
-		PG_RETURN_NULL();
-	PG_RETURN_DATUM(DirectFunctionCall2(enum_in, CStringGetDatum(status),
-										ObjectIdGetDatum(get_fn_expr_rettype(fcinfo->flinfo))));
-}
-
-/* outbox.retry_failed(ids default NULL): requeue failed messages. */
-Datum
-outbox_retry_failed(PG_FUNCTION_ARGS)
-{
-	int			count;
-
-	ArrayType  *ids = PG_ARGISNULL(0) ? NULL : PG_GETARG_ARRAYTYPE_P(0);
-
-	if (ids != NULL && array_contains_nulls(ids))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("message ids must not be null")));
-	count = outbox_store_retry_failed(ids);
-	if (count > 0)
-		outbox_wake_worker_at_commit();
-	PG_RETURN_INT32(count);
-}

@@ -15,7 +15,9 @@
 #include "access/htup.h"
 #include "access/tupdesc.h"
 #include "datatype/timestamp.h"
+#include "executor/spi.h"
 #include "utils/array.h"
+#include "utils/snapshot.h"
 #include "utils/uuid.h"
 
 #include "outbox_publisher.h"
@@ -29,7 +31,40 @@ typedef struct OutboxBatch
 	OutboxMessage *messages;	/* in id order */
 	HeapTuple  *tuples;			/* the same rows as stored */
 	TupleDesc	tupdesc;
+
+	/* A destination's batch (delivery.c). */
+	bool	   *retried;		/* per message: a retry of a delivery row */
+	int			ndiverted;		/* read from the log, but behind a retry */
+	pg_uuid_t  *diverted_ids;
+	char	  **diverted_keys;
+	bool		advance;		/* the position moves to "position" */
+	pg_uuid_t	position;
 } OutboxBatch;
+
+/*
+ * One statement of the store: prepared the first time it runs, kept for the
+ * life of the process.  Run it with outbox_store_execute() between
+ * outbox_store_connect() and outbox_store_finish().
+ */
+typedef struct OutboxStatement
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[10];
+	bool		read_only;
+	int			expected;		/* the SPI_OK_* result that means success */
+	const char *action;			/* what it does, for its error message */
+	SPIPlanPtr	plan;
+} OutboxStatement;
+
+extern bool outbox_have_destinations(void);
+extern int	outbox_store_connect(void);
+extern void outbox_store_finish(int guc_level);
+extern uint64 outbox_store_execute(OutboxStatement *stmt, Datum *args, const char *nulls,
+								   Snapshot snapshot, long max_rows);
+extern ArrayType *outbox_uuid_array(const pg_uuid_t *ids, int nids);
+extern void outbox_store_collect(SPITupleTable *tuptable, uint64 nrows,
+								 MemoryContext context, OutboxBatch *batch);
 
 extern void outbox_store_claim(int max_messages, int64 max_bytes, bool ordered_by_key,
 							   bool set_processing, OutboxBatch *batch);

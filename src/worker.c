@@ -4,11 +4,19 @@
  *		The relay worker: one per database, it claims committed messages,
  *		hands them to the publisher and marks the outcome.
  *
+ * Two kinds of worker run this loop: each database's main worker relays the
+ * default destination (messages no subscription routes, by the
+ * outbox.publisher settings), and one worker per destination relays the
+ * messages routed to it (delivery.c), with the destination's publisher
+ * and options.
+ *
  * The loop, modelled on worker_spi and autoprewarm: relay a batch, go again
  * at once while batches come back full, else sleep on the latch until a
  * commit wakes it, a retry falls due, or outbox.poll_interval passes.
- * Every few seconds it also returns stuck claims to pending and deletes
- * processed messages older than outbox.retention.
+ * Every few seconds the main worker also returns stuck claims to pending,
+ * deletes processed messages older than outbox.retention, finishes routed
+ * messages a crash left unfinished, and keeps the destination workers in
+ * step with outbox.destination (at once when a commit changed it).
  *
  * A batch is relayed in one of two ways, each a function read top to
  * bottom:
@@ -59,6 +67,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "destination.h"
 #include "outbox.h"
 #include "publisher.h"
 #include "shmem.h"
@@ -85,8 +94,22 @@
  */
 #define RETRY_AT_MAX_MS			(3600 * 1000)
 
+/* How often the main worker rereads the destinations, at least. */
+#define DESTINATIONS_SYNC_MS	1000
+
+/* Routed messages finished per maintenance step, at most. */
+#define STRAGGLERS_PER_STEP		1000
+
 /* The database this worker relays. */
 static char my_dbname[NAMEDATALEN];
+
+/*
+ * The destination a destination worker relays (NULL in the main worker,
+ * which relays the default destination), and its configuration version.
+ */
+static OutboxDestination *destination = NULL;
+static MemoryContext destination_context = NULL;
+static uint32 destination_version = 0;
 
 /* The publisher in use, and the name it was selected by. */
 static const OutboxPublisher *publisher = NULL;
@@ -118,8 +141,9 @@ static void
 select_publisher(void)
 {
 	const OutboxPublisher *wanted;
+	const char *wanted_name = destination ? destination->publisher : outbox_publisher_name;
 
-	if (publisher_name && strcmp(publisher_name, outbox_publisher_name) == 0 &&
+	if (publisher_name && strcmp(publisher_name, wanted_name) == 0 &&
 		publisher_ready)
 		return;
 
@@ -127,21 +151,26 @@ select_publisher(void)
 		publisher->shutdown();
 	publisher_ready = false;
 
-	wanted = outbox_find_publisher(outbox_publisher_name);
+	wanted = outbox_find_publisher(wanted_name);
 	if (wanted == NULL)
 	{
 		/* Log once per name, not once per poll. */
-		if (publisher_name == NULL || strcmp(publisher_name, outbox_publisher_name) != 0)
+		if (publisher_name == NULL || strcmp(publisher_name, wanted_name) != 0)
 			ereport(WARNING,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("outbox publisher \"%s\" does not exist", outbox_publisher_name),
+					 errmsg("outbox publisher \"%s\" does not exist", wanted_name),
 					 errdetail("Known publishers: %s.", outbox_publisher_names()),
+					 destination ?
+					 errhint("Add the library that provides it to shared_preload_libraries.") :
 					 errhint("Set outbox.publisher to a known publisher, or add the library that provides it to shared_preload_libraries.")));
 		publisher = NULL;
 	}
 	else
 	{
 		publisher = wanted;
+		outbox_publisher_set_destination(publisher,
+										 destination ? destination->name : OUTBOX_DEFAULT_DESTINATION,
+										 destination ? destination->options : NULL);
 		if (publisher->init)
 		{
 			if (publisher->in_transaction)
@@ -155,7 +184,7 @@ select_publisher(void)
 
 	if (publisher_name)
 		pfree(publisher_name);
-	publisher_name = MemoryContextStrdup(TopMemoryContext, outbox_publisher_name);
+	publisher_name = MemoryContextStrdup(TopMemoryContext, wanted_name);
 }
 
 /*
@@ -174,7 +203,7 @@ reload_settings(void)
 	}
 	(void) outbox_publisher_take_reload();
 	if (publisher && publisher_ready && publisher->reload &&
-		strcmp(publisher_name, outbox_publisher_name) == 0)
+		strcmp(publisher_name, destination ? destination->publisher : outbox_publisher_name) == 0)
 		publisher->reload();
 }
 
@@ -360,7 +389,11 @@ publish_batch(OutboxBatch *batch, bool carefully)
 	return results;
 }
 
-/* Record the publisher's results in the store. */
+/*
+ * Record the publisher's results in the store (the messages' marks for the
+ * default destination, delivery.c's for a destination), with retry_at
+ * capped.
+ */
 static void
 record_results(OutboxBatch *batch, OutboxPublishResult *results)
 {
@@ -370,6 +403,14 @@ record_results(OutboxBatch *batch, OutboxPublishResult *results)
 															   (int64) outbox_retry_backoff_max));
 	int			nok = 0;
 	int			i;
+
+	for (i = 0; i < batch->nmessages; i++)
+		results[i].retry_at = Min(results[i].retry_at, latest_retry);
+	if (destination)
+	{
+		outbox_delivery_record(destination, batch, results);
+		return;
+	}
 
 	for (i = 0; i < batch->nmessages; i++)
 	{
@@ -388,7 +429,7 @@ record_results(OutboxBatch *batch, OutboxPublishResult *results)
 				outbox_store_mark_failed(&m->id,
 										 results[i].error ? results[i].error : "publish failed",
 										 results[i].status == OUTBOX_PUBLISH_REJECT,
-										 Min(results[i].retry_at, latest_retry));
+										 results[i].retry_at);
 				break;
 		}
 	}
@@ -399,11 +440,39 @@ record_results(OutboxBatch *batch, OutboxPublishResult *results)
 static OutboxBatch *
 claim_batch(void)
 {
-	OutboxBatch *batch = palloc0(sizeof(OutboxBatch));
+	OutboxBatch *batch;
 
+	if (destination)
+		return outbox_delivery_claim(destination, outbox_batch_size,
+									 (int64) outbox_batch_max_bytes * 1024,
+									 outbox_ordering == OUTBOX_ORDERING_KEY);
+	batch = palloc0(sizeof(OutboxBatch));
 	outbox_store_claim(outbox_batch_size, (int64) outbox_batch_max_bytes * 1024,
 					   outbox_ordering == OUTBOX_ORDERING_KEY, false, batch);
 	return batch;
+}
+
+/* When the next retry falls due, read in the current transaction. */
+static TimestampTz
+read_next_due(void)
+{
+	if (destination)
+		return outbox_delivery_next_due(destination);
+	return outbox_store_next_due();
+}
+
+/*
+ * After a destination's batch committed: finish the routed messages that
+ * every destination has passed now, in a transaction of its own.
+ */
+static void
+finish_routed_messages(OutboxBatch *batch)
+{
+	if (destination == NULL || batch->nmessages == 0)
+		return;
+	begin_store_transaction("finishing outbox messages");
+	outbox_delivery_finalize(batch);
+	end_store_transaction();
 }
 
 /*
@@ -416,7 +485,7 @@ batch_was_full(OutboxBatch *batch, OutboxPublishResult *results)
 {
 	int			i;
 
-	if (batch->nmessages < outbox_batch_size && !batch->bytes_reached)
+	if (batch->nmessages + batch->ndiverted < outbox_batch_size && !batch->bytes_reached)
 		return false;
 	for (i = 0; i < batch->nmessages; i++)
 	{
@@ -440,7 +509,7 @@ relay_batch_in_transaction(bool carefully, TimestampTz *next_due)
 
 	begin_store_transaction("relaying outbox messages");
 	batch = claim_batch();
-	if (batch->nmessages > 0)
+	if (batch->nmessages > 0 || batch->ndiverted > 0 || batch->advance)
 	{
 		OutboxPublishResult *results = publish_batch(batch, carefully);
 
@@ -448,8 +517,9 @@ relay_batch_in_transaction(bool carefully, TimestampTz *next_due)
 		more = batch_was_full(batch, results);
 	}
 	if (!more)
-		*next_due = outbox_store_next_due();
+		*next_due = read_next_due();
 	end_store_transaction();
+	finish_routed_messages(batch);
 	return more;
 }
 
@@ -469,14 +539,16 @@ relay_batch_detached(bool carefully, TimestampTz *next_due)
 
 	begin_store_transaction("claiming outbox messages");
 	batch = claim_batch();
-	if (batch->nmessages == 0)
+	if (batch->nmessages == 0 && batch->ndiverted == 0 && !batch->advance)
 	{
-		*next_due = outbox_store_next_due();
+		*next_due = read_next_due();
 		end_store_transaction();
 		return false;
 	}
-	outbox_shmem_set_inflight(&batch->messages[0].id,
-							  &batch->messages[batch->nmessages - 1].id);
+	/* A destination's messages are its worker's alone: no record needed. */
+	if (destination == NULL)
+		outbox_shmem_set_inflight(&batch->messages[0].id,
+								  &batch->messages[batch->nmessages - 1].id);
 	end_store_transaction();
 
 	results = publish_batch(batch, carefully);
@@ -485,9 +557,11 @@ relay_batch_detached(bool carefully, TimestampTz *next_due)
 	record_results(batch, results);
 	more = batch_was_full(batch, results);
 	if (!more)
-		*next_due = outbox_store_next_due();
+		*next_due = read_next_due();
 	end_store_transaction();
-	outbox_shmem_clear_inflight();
+	if (destination == NULL)
+		outbox_shmem_clear_inflight();
+	finish_routed_messages(batch);
 	return more;
 }
 
@@ -515,7 +589,7 @@ static void
 recover_stuck_claims(void)
 {
 	begin_store_transaction("recovering stuck outbox messages");
-	if (outbox_store_recover_stuck() > 0)
+	if (outbox_store_recover_stuck() + outbox_delivery_recover_stuck() > 0)
 		ereport(DEBUG1, (errmsg("outbox returned stuck messages to pending")));
 	end_store_transaction();
 }
@@ -531,6 +605,8 @@ purge_processed(void)
 
 	begin_store_transaction("purging processed outbox messages");
 	purged = outbox_store_purge_processed(PURGE_BATCH_ROWS);
+	if (purged < PURGE_BATCH_ROWS)
+		outbox_delivery_purge();
 	end_store_transaction();
 	return purged == PURGE_BATCH_ROWS;
 }
@@ -557,9 +633,12 @@ exit_if_extension_missing(void)
 {
 	if (extension_installed())
 	{
-		(void) outbox_shmem_note_extension_missing(false);
+		if (destination == NULL)
+			(void) outbox_shmem_note_extension_missing(false);
 		return;
 	}
+	if (destination != NULL)
+		proc_exit(0);			/* the main worker reports it */
 	if (!outbox_shmem_note_extension_missing(true))
 		ereport(LOG,
 				(errmsg("outbox worker: extension \"outbox\" is not installed in database \"%s\"",
@@ -587,7 +666,8 @@ recover_from_error(void)
 	RESUME_INTERRUPTS();
 
 	pgstat_report_activity(STATE_IDLE, NULL);
-	outbox_shmem_clear_inflight();
+	if (destination == NULL)
+		outbox_shmem_clear_inflight();
 	careful_next_batch = true;
 	exit_if_extension_missing();
 }
@@ -611,49 +691,91 @@ sleep_time(TimestampTz next_due, TimestampTz next_purge, int error_backoff_ms)
 	return timeout_ms;
 }
 
-/* Entry point of a relay worker; main_arg is its slot number. */
-void
-outbox_worker_main(Datum main_arg)
+/*
+ * Main worker: keep the destination workers in step with
+ * outbox.destination (a worker for each destination that is neither
+ * external, paused nor disabled, told when its configuration changed).
+ */
+static void
+sync_destination_workers(void)
+{
+	static bool reported = false;
+	int32	   *ids;
+	char	  **names;
+	uint32	   *hashes;
+	int			n;
+	int			missing;
+
+	begin_store_transaction("reading outbox destinations");
+	n = outbox_delivery_list_workers(&ids, &names, &hashes);
+	end_store_transaction();
+	missing = outbox_shmem_sync_destinations(ids, names, hashes, n);
+	if (missing > 0 && !reported)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("outbox: %d destinations of database \"%s\" get no worker",
+						missing, my_dbname),
+				 errdetail("At most %d destination workers run on a server.",
+						   OUTBOX_MAX_DESTINATION_WORKERS)));
+	reported = missing > 0;
+}
+
+/* Main worker: finish routed messages a crash or a drop left unfinished. */
+static void
+finish_stragglers(void)
+{
+	begin_store_transaction("finishing outbox messages");
+	(void) outbox_delivery_finalize_stragglers(STRAGGLERS_PER_STEP);
+	end_store_transaction();
+}
+
+/*
+ * Destination worker: exit when the main worker no longer wants this
+ * worker (the destination was dropped, paused or disabled), and reread the
+ * destination when its configuration changed.
+ */
+static void
+check_destination(void)
+{
+	uint32		version;
+
+	if (!outbox_shmem_destination_wanted(&version))
+		proc_exit(0);
+	if (version == destination_version)
+		return;
+	MemoryContextReset(destination_context);
+	begin_store_transaction("reading outbox destination");
+	if (!outbox_delivery_load(destination->id, destination_context, destination))
+		proc_exit(0);
+	end_store_transaction();
+	destination_version = version;
+	if (destination->paused || destination->disabled)
+		proc_exit(0);
+	if (publisher && publisher_ready)
+	{
+		outbox_publisher_set_destination(publisher, destination->name, destination->options);
+		if (publisher->reload)
+			publisher->reload();
+	}
+}
+
+/*
+ * The loop both kinds of worker run; the main worker also does the
+ * maintenance.
+ */
+static void
+relay_loop(void)
 {
 	volatile TimestampTz last_recovery = 0;
 	volatile TimestampTz next_purge = 0;
+	volatile TimestampTz last_sync = 0;
+	volatile uint32 synced_version = 0;
 	volatile int error_backoff_ms = 0;
-
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	/* One worker per database: a second one exits here. */
-	outbox_shmem_attach_worker(DatumGetInt32(main_arg), my_dbname);
-
-	BackgroundWorkerInitializeConnection(my_dbname,
-										 outbox_role[0] ? outbox_role : NULL, 0);
-	outbox_shmem_worker_connected();
-	pgstat_report_appname("outbox worker");
-	before_shmem_exit(shutdown_publisher, (Datum) 0);
-
-	/*
-	 * Marks are safe to lose in a crash: the message is published again
-	 * (at-least-once), never lost.  So the worker does not wait for WAL
-	 * flushes.
-	 */
-	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_OVERRIDE);
-
-	exit_if_extension_missing();
-
-	worker_context = AllocSetContextCreate(TopMemoryContext, "outbox worker",
-										   ALLOCSET_DEFAULT_SIZES);
-	batch_context = AllocSetContextCreate(worker_context, "outbox batch",
-										  ALLOCSET_DEFAULT_SIZES);
-	MemoryContextSwitchTo(worker_context);
-
-	ereport(LOG,
-			(errmsg("outbox worker started for database \"%s\"", my_dbname)));
 
 	for (;;)
 	{
-		bool		more = false;
-		TimestampTz next_due = 0;
+		volatile bool more = false;
+		volatile TimestampTz next_retry = 0;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending || outbox_publisher_take_reload())
@@ -663,23 +785,43 @@ outbox_worker_main(Datum main_arg)
 		{
 			TimestampTz now = GetCurrentTimestamp();
 
-			/* Reschedule first: a failing step must not starve publishing. */
-			if (TimestampDifferenceExceeds(last_recovery, now, MAINTENANCE_INTERVAL_MS))
+			if (destination != NULL)
+				check_destination();
+			else
 			{
-				last_recovery = now;
-				recover_stuck_claims();
-			}
-			if (now >= next_purge)
-			{
-				next_purge = TimestampTzPlusMilliseconds(now, MAINTENANCE_INTERVAL_MS);
-				if (purge_processed())
-					next_purge = TimestampTzPlusMilliseconds(now, PURGE_AGAIN_MS);
+				uint32		version = outbox_shmem_destinations_version();
+
+				/* Reschedule first: a failing step must not starve publishing. */
+				if (TimestampDifferenceExceeds(last_recovery, now, MAINTENANCE_INTERVAL_MS))
+				{
+					last_recovery = now;
+					recover_stuck_claims();
+					finish_stragglers();
+				}
+				if (now >= next_purge)
+				{
+					next_purge = TimestampTzPlusMilliseconds(now, MAINTENANCE_INTERVAL_MS);
+					if (purge_processed())
+						next_purge = TimestampTzPlusMilliseconds(now, PURGE_AGAIN_MS);
+				}
+				if (version != synced_version ||
+					TimestampDifferenceExceeds(last_sync, now, DESTINATIONS_SYNC_MS))
+				{
+					synced_version = version;
+					last_sync = now;
+					sync_destination_workers();
+				}
 			}
 			if (outbox_enabled)
 			{
 				select_publisher();
 				if (publisher && publisher_ready)
-					more = relay_batch(&next_due);
+				{
+					TimestampTz due = 0;
+
+					more = relay_batch(&due);
+					next_retry = due;
+				}
 			}
 			error_backoff_ms = 0;
 		}
@@ -698,8 +840,93 @@ outbox_worker_main(Datum main_arg)
 
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 sleep_time(next_due, next_purge, error_backoff_ms),
+						 sleep_time(next_retry,
+									destination == NULL ? next_purge : 0,
+									error_backoff_ms),
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
+}
+
+/* Set up what both kinds of worker need once connected. */
+static void
+start_worker_common(void)
+{
+	pgstat_report_appname(destination ? "outbox destination worker" : "outbox worker");
+	before_shmem_exit(shutdown_publisher, (Datum) 0);
+
+	/*
+	 * Marks are safe to lose in a crash: the message is published again
+	 * (at-least-once), never lost.  So the worker does not wait for WAL
+	 * flushes.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_OVERRIDE);
+
+	worker_context = AllocSetContextCreate(TopMemoryContext, "outbox worker",
+										   ALLOCSET_DEFAULT_SIZES);
+	batch_context = AllocSetContextCreate(worker_context, "outbox batch",
+										  ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(worker_context);
+}
+
+/* Entry point of a database's main worker; main_arg is its slot number. */
+void
+outbox_worker_main(Datum main_arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* One worker per database: a second one exits here. */
+	outbox_shmem_attach_worker(DatumGetInt32(main_arg), my_dbname);
+
+	BackgroundWorkerInitializeConnection(my_dbname,
+										 outbox_role[0] ? outbox_role : NULL, 0);
+	outbox_shmem_worker_connected();
+	start_worker_common();
+	exit_if_extension_missing();
+
+	ereport(LOG,
+			(errmsg("outbox worker started for database \"%s\"", my_dbname)));
+	relay_loop();
+}
+
+/*
+ * Entry point of a destination's worker; main_arg is its destination
+ * slot.  It exits when its destination is gone, paused or disabled.
+ */
+void
+outbox_destination_worker_main(Datum main_arg)
+{
+	char		name[NAMEDATALEN];
+	int32		destination_id;
+	bool		found;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* One worker per destination: a second one exits here. */
+	outbox_shmem_attach_destination_worker(DatumGetInt32(main_arg), my_dbname,
+										   &destination_id, name);
+
+	BackgroundWorkerInitializeConnection(my_dbname,
+										 outbox_role[0] ? outbox_role : NULL, 0);
+	destination_context = AllocSetContextCreate(TopMemoryContext, "outbox destination",
+												ALLOCSET_SMALL_SIZES);
+	destination = MemoryContextAllocZero(TopMemoryContext, sizeof(OutboxDestination));
+	destination->id = destination_id;
+	start_worker_common();
+
+	begin_store_transaction("reading outbox destination");
+	found = outbox_delivery_load(destination_id, destination_context, destination);
+	end_store_transaction();
+	if (!found || destination->paused || destination->disabled)
+		proc_exit(0);
+	(void) outbox_shmem_destination_wanted(&destination_version);
+
+	ereport(LOG,
+			(errmsg("outbox worker started for destination \"%s\" of database \"%s\"",
+					name, my_dbname)));
+	relay_loop();
 }

@@ -14,5 +14,6 @@
 #include "fmgr.h"
 
 extern PGDLLEXPORT void outbox_worker_main(Datum main_arg);
+extern PGDLLEXPORT void outbox_destination_worker_main(Datum main_arg);
 
 #endif							/* OUTBOX_WORKER_H */

@@ -46,7 +46,8 @@
 
 #include "builtin.h"
 
-/* outbox.publisher_function (reload) */
+/* outbox.publisher_function (reload); a destination's "function" option */
+static char *setting_function = NULL;
 static char *publisher_function = NULL;
 
 /* The statement calling the function, kept while it stays the same. */
@@ -233,6 +234,7 @@ function_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *re
 	Oid			fn;
 	int			i;
 
+	publisher_function = OutboxOptionString("function");
 	fn = lookup_publisher_function();
 	if (!OidIsValid(fn))
 	{
@@ -260,6 +262,28 @@ function_shutdown(void)
 	call_plan_function = InvalidOid;
 }
 
+/* Why a destination's function is not a function name, or NULL. */
+static char *
+function_name_problem(const char *value)
+{
+	char	   *copy = pstrdup(value);
+	char	   *rawname = copy;
+	List	   *parts = NIL;
+	bool		ok;
+
+	ok = SplitIdentifierString(rawname, '.', &parts) &&
+		list_length(parts) >= 1 && list_length(parts) <= 2;
+	list_free(parts);
+	pfree(copy);
+	return ok ? NULL : pstrdup("The value must be a function name, such as \"myschema.deliver\".");
+}
+
+/* A destination's option; it defaults to outbox.publisher_function. */
+static const OutboxOption function_options[] = {
+	{.name = "function", .type = OUTBOX_OPTION_STRING, .setting = "outbox.publisher_function",
+	.required = true, .check = function_name_problem},
+};
+
 static const OutboxPublisher function_publisher = {
 	.api_version = OUTBOX_PUBLISHER_API_VERSION,
 	.name = "function",
@@ -269,6 +293,8 @@ static const OutboxPublisher function_publisher = {
 	.publish = function_publish,
 	.reload = NULL,
 	.shutdown = function_shutdown,
+	.options = function_options,
+	.noptions = lengthof(function_options),
 };
 
 /* Define the function publisher's setting and register it. */
@@ -278,7 +304,7 @@ outbox_register_function_publisher(void)
 	DefineCustomStringVariable("outbox.publisher_function",
 							   "Function the function publisher calls for each message.",
 							   "A function taking one outbox.messages argument, such as \"myschema.deliver\".",
-							   &publisher_function,
+							   &setting_function,
 							   "",
 							   PGC_SIGHUP,
 							   0,

@@ -72,12 +72,29 @@
 #define FDS_PER_REQUEST		3
 #define FDS_FIXED			2
 
-/* Settings (reload). */
-static char *http_url = NULL;
-static int	http_timeout = 5000;
-static int	http_max_concurrency = 32;
-static char *http_signing_secret = NULL;
-static char *http_ca_file = NULL;
+/*
+ * Settings (reload): the default destination's options, and every
+ * destination's defaults.
+ */
+static char *setting_url = NULL;
+static int	setting_timeout = 5000;
+static int	setting_max_concurrency = 32;
+static char *setting_signing_secret = NULL;
+static char *setting_ca_file = NULL;
+
+/* The current destination's options, read by read_config(). */
+typedef struct HttpConfig
+{
+	char	   *url;
+	int			timeout;
+	int			max_concurrency;
+	char	   *signing_secret;
+	char	   *ca_file;
+	Jsonb	   *headers;		/* static headers, or NULL */
+} HttpConfig;
+
+static HttpConfig cfg;
+static MemoryContext cfg_context = NULL;
 
 /* One request slot: an easy handle reused request after request. */
 typedef struct HttpRequest
@@ -286,7 +303,7 @@ add_header_cstr(HttpRequest *r, const char *name, const char *value)
 static char *
 signing_key(int *keylen)
 {
-	const char *secret = http_signing_secret;
+	const char *secret = cfg.signing_secret;
 	size_t		len = strlen(secret);
 
 	if (len > 6 && strncmp(secret, "whsec_", 6) == 0)
@@ -362,7 +379,7 @@ static char *
 request_url(CURL *easy, const char *topic)
 {
 	StringInfoData buf;
-	const char *p = http_url;
+	const char *p = cfg.url;
 	const char *hit;
 	char	   *escaped = NULL;
 
@@ -520,7 +537,7 @@ on_timer(CURLM *m, long timeout_ms, void *userp)
 static void
 http_setup(void)
 {
-	int			wanted = http_max_concurrency;
+	int			wanted = cfg.max_concurrency;
 	int			i;
 
 	if (!curl_ready)
@@ -577,20 +594,36 @@ http_setup(void)
 		SET_OPTION(r->easy, CURLOPT_NOSIGNAL, 1L);
 		SET_OPTION(r->easy, CURLOPT_POST, 1L);
 		SET_OPTION(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-		SET_OPTION(r->easy, CURLOPT_TIMEOUT_MS, (long) http_timeout);
+		SET_OPTION(r->easy, CURLOPT_TIMEOUT_MS, (long) cfg.timeout);
 		SET_OPTION(r->easy, CURLOPT_TCP_KEEPALIVE, 1L);
 		SET_OPTION(r->easy, CURLOPT_USERAGENT, "outbox/0.1.0 (PostgreSQL)");
 		SET_OPTION(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
 		SET_OPTION(r->easy, CURLOPT_WRITEFUNCTION, collect_body);
 		SET_OPTION(r->easy, CURLOPT_WRITEDATA, r);
 		SET_OPTION(r->easy, CURLOPT_PRIVATE, r);
-		if (http_ca_file[0] != '\0')
-			SET_OPTION(r->easy, CURLOPT_CAINFO, http_ca_file);
+		if (cfg.ca_file[0] != '\0')
+			SET_OPTION(r->easy, CURLOPT_CAINFO, cfg.ca_file);
 	}
 
-	built_timeout = http_timeout;
-	built_concurrency = http_max_concurrency;
-	built_ca_file = MemoryContextStrdup(TopMemoryContext, http_ca_file);
+	built_timeout = cfg.timeout;
+	built_concurrency = cfg.max_concurrency;
+	built_ca_file = MemoryContextStrdup(TopMemoryContext, cfg.ca_file);
+}
+
+/* Whether the destination's own headers name this one. */
+static bool
+static_header(const char *name, int namelen)
+{
+	OutboxHeaderIterator it;
+	OutboxHeader h;
+
+	OutboxHeadersBegin(&it, cfg.headers);
+	while (OutboxHeadersNext(&it, &h))
+	{
+		if (h.name_len == namelen && pg_strncasecmp(h.name, name, namelen) == 0)
+			return true;
+	}
+	return false;
 }
 
 /*
@@ -633,7 +666,24 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 			}
 			has_content_type = true;
 		}
+		if (cfg.headers != NULL && static_header(h.name, h.name_len))
+		{
+			problem = psprintf("message header \"%.*s\" cannot be sent: the destination sets it",
+							   h.name_len, h.name);
+			break;
+		}
 		add_header(r, h.name, h.name_len, h.value, h.value_len);
+	}
+	/* The destination's own headers (Authorization, ...). */
+	if (problem == NULL && cfg.headers != NULL)
+	{
+		OutboxHeadersBegin(&it, cfg.headers);
+		while (problem == NULL && OutboxHeadersNext(&it, &h))
+		{
+			problem = header_problem(h.name, h.name_len, h.value, h.value_len, signing);
+			if (problem == NULL)
+				add_header(r, h.name, h.name_len, h.value, h.value_len);
+		}
 	}
 	if (problem == NULL && bad_value_byte(m->topic, (int) strlen(m->topic)) >= 0)
 		problem = pstrdup("the topic contains control characters, which the Outbox-Topic header cannot carry");
@@ -710,6 +760,9 @@ finish_request(HttpRequest *r, CURLcode code, OutboxPublishResult *result)
 			return;
 		}
 		appendStringInfo(&error, "HTTP %ld", status);
+		/* Standard Webhooks: 410 Gone means "stop sending". */
+		if (status == 410)
+			result->disable_destination = true;
 		if (r->body_len > 0)
 		{
 			appendStringInfoString(&error, ": ");
@@ -888,6 +941,29 @@ send_all(OutboxMessage *messages, int nmessages, OutboxPublishResult *results,
 	pfree(ready);
 }
 
+/*
+ * Read the current destination's options (the settings, for the default
+ * destination) into cfg.
+ */
+static void
+read_config(void)
+{
+	MemoryContext old;
+
+	if (cfg_context == NULL)
+		cfg_context = AllocSetContextCreate(TopMemoryContext, "outbox http options",
+											ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(cfg_context);
+	old = MemoryContextSwitchTo(cfg_context);
+	cfg.url = OutboxOptionString("url");
+	cfg.timeout = (int) OutboxOptionInteger("timeout");
+	cfg.max_concurrency = (int) OutboxOptionInteger("max_concurrency");
+	cfg.signing_secret = OutboxOptionString("signing_secret");
+	cfg.ca_file = OutboxOptionString("ca_file");
+	cfg.headers = OutboxOptionObject("headers");
+	MemoryContextSwitchTo(old);
+}
+
 /* Deliver a batch; see the file header. */
 static void
 http_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *results)
@@ -897,7 +973,8 @@ http_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *result
 	volatile int keylen = 0;
 	int			i;
 
-	if (http_url[0] == '\0')
+	read_config();
+	if (cfg.url[0] == '\0')
 	{
 		OutboxPublisherReportProblem(&config_problem, "outbox.http_url is not set",
 									 "Set outbox.http_url to the webhook URL and reload.");
@@ -913,7 +990,7 @@ http_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *result
 	for (i = 0; i < nrequests; i++)
 		release_request(&requests[i]);
 
-	if (http_signing_secret[0] != '\0')
+	if (cfg.signing_secret[0] != '\0')
 		key = signing_key(&len);
 	keylen = len;
 
@@ -940,11 +1017,12 @@ http_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *result
 static void
 http_reload(void)
 {
+	read_config();
 	if (multi == NULL)
 		return;
-	if (built_timeout != http_timeout ||
-		built_concurrency != http_max_concurrency ||
-		strcmp(built_ca_file, http_ca_file) != 0)
+	if (built_timeout != cfg.timeout ||
+		built_concurrency != cfg.max_concurrency ||
+		strcmp(built_ca_file, cfg.ca_file) != 0)
 		http_teardown();
 }
 
@@ -955,15 +1033,41 @@ http_shutdown(void)
 	OutboxPublisherClearProblem(&config_problem);
 }
 
+/* Why a destination's url is not one, or NULL. */
+static char *
+url_problem(const char *value)
+{
+	if (pg_strncasecmp(value, "http://", 7) == 0 ||
+		pg_strncasecmp(value, "https://", 8) == 0)
+		return NULL;
+	return pstrdup("The URL must start with http:// or https://.");
+}
+
+/* A destination's options; each but headers defaults to its setting. */
+static const OutboxOption http_options[] = {
+	{.name = "url", .type = OUTBOX_OPTION_STRING, .setting = "outbox.http_url",
+	.required = true, .check = url_problem},
+	{.name = "timeout", .type = OUTBOX_OPTION_INTEGER, .setting = "outbox.http_timeout",
+	.unit = GUC_UNIT_MS, .min_value = 10, .max_value = 3600 * 1000},
+	{.name = "max_concurrency", .type = OUTBOX_OPTION_INTEGER,
+	.setting = "outbox.http_max_concurrency", .min_value = 1, .max_value = 1000},
+	{.name = "signing_secret", .type = OUTBOX_OPTION_STRING,
+	.setting = "outbox.http_signing_secret", .secret = true},
+	{.name = "headers", .type = OUTBOX_OPTION_OBJECT, .secret = true},
+	{.name = "ca_file", .type = OUTBOX_OPTION_STRING, .setting = "outbox.http_ca_file"},
+};
+
 static const OutboxPublisher http_publisher = {
 	.api_version = OUTBOX_PUBLISHER_API_VERSION,
 	.name = "http",
 	.in_transaction = false,
 	.check_topic = NULL,
-	.init = NULL,
+	.init = read_config,
 	.publish = http_publish,
 	.reload = http_reload,
 	.shutdown = http_shutdown,
+	.options = http_options,
+	.noptions = lengthof(http_options),
 };
 
 /* Define the http publisher's settings and register it. */
@@ -973,7 +1077,7 @@ outbox_register_http_publisher(void)
 	DefineCustomStringVariable("outbox.http_url",
 							   "URL the http publisher posts messages to.",
 							   "\"{topic}\" in it is replaced by the URL-escaped topic.",
-							   &http_url,
+							   &setting_url,
 							   "",
 							   PGC_SIGHUP,
 							   0,
@@ -982,7 +1086,7 @@ outbox_register_http_publisher(void)
 	DefineCustomIntVariable("outbox.http_timeout",
 							"Longest time one HTTP request may take.",
 							NULL,
-							&http_timeout,
+							&setting_timeout,
 							5000, 10, 3600 * 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
@@ -991,7 +1095,7 @@ outbox_register_http_publisher(void)
 	DefineCustomIntVariable("outbox.http_max_concurrency",
 							"Most HTTP requests in flight at once.",
 							NULL,
-							&http_max_concurrency,
+							&setting_max_concurrency,
 							32, 1, 1000,
 							PGC_SIGHUP,
 							0,
@@ -1005,7 +1109,7 @@ outbox_register_http_publisher(void)
 	DefineCustomStringVariable("outbox.http_signing_secret",
 							   "Secret the http publisher signs requests with; empty sends them unsigned.",
 							   NULL,
-							   &http_signing_secret,
+							   &setting_signing_secret,
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
@@ -1014,7 +1118,7 @@ outbox_register_http_publisher(void)
 	DefineCustomStringVariable("outbox.http_ca_file",
 							   "CA bundle to verify HTTPS servers with; empty means libcurl's default.",
 							   NULL,
-							   &http_ca_file,
+							   &setting_ca_file,
 							   "",
 							   PGC_SIGHUP,
 							   0,

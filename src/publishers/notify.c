@@ -56,16 +56,16 @@ notify_check_topic(const char *topic)
 static void
 notify_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *results)
 {
+	char	   *fixed_channel = OutboxOptionString("channel");
 	int			i;
 
 	for (i = 0; i < nmessages; i++)
 	{
 		const OutboxMessage *m = &messages[i];
-		const char *channel = notify_channel[0] ? notify_channel : m->topic;
-		char	   *problem = notify_check_topic(m->topic);
+		const char *channel = fixed_channel[0] ? fixed_channel : m->topic;
 		char	   *envelope;
 
-		if (problem)
+		if (strlen(channel) >= NAMEDATALEN)
 		{
 			results[i].status = OUTBOX_PUBLISH_REJECT;
 			results[i].error = psprintf("channel name \"%s\" is too long for NOTIFY", channel);
@@ -94,6 +94,21 @@ notify_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resu
 	}
 }
 
+/* Why a destination's channel cannot be one, or NULL. */
+static char *
+channel_problem(const char *value)
+{
+	if (strlen(value) >= NAMEDATALEN)
+		return psprintf("A channel name must be shorter than %d bytes.", NAMEDATALEN);
+	return NULL;
+}
+
+/* A destination's option; it defaults to outbox.notify_channel. */
+static const OutboxOption notify_options[] = {
+	{.name = "channel", .type = OUTBOX_OPTION_STRING, .setting = "outbox.notify_channel",
+	.check = channel_problem},
+};
+
 static const OutboxPublisher notify_publisher = {
 	.api_version = OUTBOX_PUBLISHER_API_VERSION,
 	.name = "notify",
@@ -103,6 +118,8 @@ static const OutboxPublisher notify_publisher = {
 	.publish = notify_publish,
 	.reload = NULL,
 	.shutdown = NULL,
+	.options = notify_options,
+	.noptions = lengthof(notify_options),
 };
 
 /* Define the notify publisher's setting and register it. */

@@ -1,0 +1,371 @@
+/*-------------------------------------------------------------------------
+ *
+ * route.c
+ *		Routing: which destinations a message goes to, decided once, when it
+ *		is saved.
+ *
+ * A subscription is a dot-separated topic pattern: "*" matches exactly one
+ * token, ">" as the last token one or more, anything else itself.  The
+ * BEFORE INSERT trigger outbox.route() sets a new message's destinations
+ * column to the ids of the destinations with a matching subscription, or
+ * NULL (the default destination) when none matches; outbox.save() and the
+ * batch path go through it alike, and a caller cannot choose the column
+ * itself.
+ *
+ * Each backend keeps the subscriptions, and the destinations of each topic
+ * it saw, in memory.  A commit that changes subscriptions bumps a shared
+ * routing version (shmem.c); a backend that sees another version reloads
+ * before it routes the next message, so a subscription applies to the
+ * messages saved after it commits.
+ *
+ * Copyright (c) 2026, the outbox developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "outbox.h"
+#include "route.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(outbox_route);
+PG_FUNCTION_INFO_V1(outbox_topic_matches);
+
+/* Longest pattern, in bytes, as for topics. */
+#define MAX_PATTERN_LEN OUTBOX_MAX_TOPIC_LEN
+
+/* Topics whose routes a backend keeps; more empty the cache. */
+#define MAX_CACHED_TOPICS 1024
+
+/* One subscription. */
+typedef struct Subscription
+{
+	int32		destination_id;
+	char	   *pattern;
+} Subscription;
+
+/* The routes of one topic. */
+typedef struct TopicRoute
+{
+	char		topic[OUTBOX_MAX_TOPIC_LEN + 1];	/* hash key */
+	int			ndestinations;
+	int32	   *destinations;	/* in routing_context */
+} TopicRoute;
+
+/* The subscriptions this backend routes by, and the version they are of. */
+static MemoryContext routing_context = NULL;
+static Subscription *subscriptions = NULL;
+static int	nsubscriptions = 0;
+static uint64 loaded_version = 0;
+static bool loaded = false;
+static HTAB *topic_routes = NULL;
+
+/* Whether the current transaction saved a routed message. */
+static bool saved_routed = false;
+static bool xact_callback_registered = false;
+
+/*
+ * Why a pattern is not valid, or NULL: tokens separated by dots, none
+ * empty, each "*", ">" (last only) or made of letters, digits, "_", "-".
+ */
+const char *
+outbox_pattern_problem(const char *pattern)
+{
+	const char *p = pattern;
+	size_t		len = strlen(pattern);
+
+	if (len == 0)
+		return "a pattern must not be empty";
+	if (len > MAX_PATTERN_LEN)
+		return "a pattern is at most 255 bytes";
+	for (;;)
+	{
+		const char *end = strchr(p, '.');
+		size_t		toklen = end ? (size_t) (end - p) : strlen(p);
+
+		if (toklen == 0)
+			return "tokens must not be empty (two dots in a row, or a dot at either end)";
+		if (toklen == 1 && (*p == '*' || *p == '>'))
+		{
+			if (*p == '>' && end != NULL)
+				return "\">\" may only be the last token";
+		}
+		else
+		{
+			size_t		i;
+
+			for (i = 0; i < toklen; i++)
+			{
+				char		c = p[i];
+
+				if (c == '*' || c == '>')
+					return "\"*\" and \">\" must be whole tokens";
+				if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+					  (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+					  IS_HIGHBIT_SET(c)))
+					return "tokens consist of letters, digits, \"_\" and \"-\" (or are \"*\" or \">\")";
+			}
+		}
+		if (end == NULL)
+			return NULL;
+		p = end + 1;
+	}
+}
+
+/*
+ * Whether a topic matches a valid pattern.  Tokens are compared whole; a
+ * topic token may hold any character but the dot.
+ */
+bool
+outbox_topic_matches_pattern(const char *topic, const char *pattern)
+{
+	const char *t = topic;
+	const char *p = pattern;
+
+	for (;;)
+	{
+		const char *tend = strchr(t, '.');
+		const char *pend = strchr(p, '.');
+		size_t		tlen = tend ? (size_t) (tend - t) : strlen(t);
+		size_t		plen = pend ? (size_t) (pend - p) : strlen(p);
+
+		if (plen == 1 && *p == '>')
+			return tlen > 0;	/* one or more tokens left */
+		if (!(plen == 1 && *p == '*') && (plen != tlen || strncmp(p, t, plen) != 0))
+			return false;
+		if (plen == 1 && *p == '*' && tlen == 0)
+			return false;
+		if (pend == NULL || tend == NULL)
+			return pend == NULL && tend == NULL;
+		t = tend + 1;
+		p = pend + 1;
+	}
+}
+
+/* outbox.topic_matches(topic, pattern) */
+Datum
+outbox_topic_matches(PG_FUNCTION_ARGS)
+{
+	char	   *topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *pattern = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	const char *problem = outbox_pattern_problem(pattern);
+
+	if (problem)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid topic pattern \"%s\"", pattern),
+				 errdetail("%s.", problem)));
+	PG_RETURN_BOOL(outbox_topic_matches_pattern(topic, pattern));
+}
+
+/*
+ * Read the subscriptions, when the routing version changed since they were
+ * read (or never were).  Runs in the saving transaction.
+ */
+static void
+load_subscriptions(void)
+{
+	uint64		version = outbox_shmem_routing_version();
+	HASHCTL		ctl;
+	uint64		i;
+	int			ret;
+
+	if (loaded && version == loaded_version)
+		return;
+
+	if (routing_context == NULL)
+		routing_context = AllocSetContextCreate(TopMemoryContext, "outbox routing",
+												ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(routing_context);
+	subscriptions = NULL;
+	nsubscriptions = 0;
+	topic_routes = NULL;
+	loaded = false;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "could not connect to SPI to read outbox subscriptions");
+	ret = SPI_execute("SELECT s.destination_id, s.pattern FROM outbox.subscription s "
+					  "ORDER BY s.destination_id, s.pattern", true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read outbox subscriptions: %s", SPI_result_code_string(ret));
+	subscriptions = MemoryContextAlloc(routing_context,
+									   sizeof(Subscription) * Max(SPI_processed, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		Subscription *s = &subscriptions[nsubscriptions++];
+
+		s->destination_id = DatumGetInt32(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull));
+		s->pattern = MemoryContextStrdup(routing_context,
+										 SPI_getvalue(tuple, SPI_tuptable->tupdesc, 2));
+	}
+	SPI_finish();
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = OUTBOX_MAX_TOPIC_LEN + 1;
+	ctl.entrysize = sizeof(TopicRoute);
+	ctl.hcxt = routing_context;
+	topic_routes = hash_create("outbox topic routes", 64, &ctl,
+							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	loaded_version = version;
+	loaded = true;
+}
+
+/*
+ * The destinations a message of this topic goes to: their number, and
+ * their ids in *destinations (in routing memory, valid until the next
+ * call).  0 means the default destination.  Runs inside a transaction.
+ */
+int
+outbox_route_topic(const char *topic, const int32 **destinations)
+{
+	TopicRoute *route;
+	bool		found;
+	int			i;
+
+	*destinations = NULL;
+	if (strlen(topic) > OUTBOX_MAX_TOPIC_LEN)
+		return 0;				/* the table's check constraint refuses it */
+	load_subscriptions();
+	if (nsubscriptions == 0)
+		return 0;
+
+	if (hash_get_num_entries(topic_routes) >= MAX_CACHED_TOPICS)
+	{
+		loaded = false;
+		load_subscriptions();
+	}
+	route = hash_search(topic_routes, topic, HASH_ENTER, &found);
+	if (!found)
+	{
+		route->ndestinations = 0;
+		route->destinations = MemoryContextAlloc(routing_context,
+												 sizeof(int32) * nsubscriptions);
+		for (i = 0; i < nsubscriptions; i++)
+		{
+			Subscription *s = &subscriptions[i];
+
+			/* Subscriptions come sorted by destination: one entry each. */
+			if (route->ndestinations > 0 &&
+				route->destinations[route->ndestinations - 1] == s->destination_id)
+				continue;
+			if (outbox_topic_matches_pattern(topic, s->pattern))
+				route->destinations[route->ndestinations++] = s->destination_id;
+		}
+	}
+	*destinations = route->destinations;
+	return route->ndestinations;
+}
+
+/*
+ * A transaction that saved routed messages cannot be prepared: until it
+ * commits it holds back the id horizon, and a prepared transaction would
+ * hold it across restarts, where shared memory forgets it.  The end of any
+ * transaction forgets that it saved some.
+ */
+static void
+route_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_PRE_PREPARE && saved_routed)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot prepare a transaction that saved outbox messages routed to destinations"),
+				 errhint("Commit it instead: the outbox itself is what replaces two-phase commit between the database and a broker.")));
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		saved_routed = false;
+}
+
+/*
+ * Note that the current transaction saved a message routed to these
+ * destinations: its commit wakes their workers.
+ */
+static void
+note_routed_message(const int32 *ids, int n)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(route_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	saved_routed = true;
+	outbox_wake_destinations_at_commit(ids, n);
+}
+
+/*
+ * outbox.route(): BEFORE INSERT trigger on outbox.messages, setting the
+ * destinations column from the topic, whatever the insert gave it.
+ */
+Datum
+outbox_route(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	tuple;
+	TupleDesc	tupdesc;
+	int			topic_attno;
+	int			destinations_attno;
+	bool		isnull;
+	Datum		topic_datum;
+	const int32 *ids;
+	int			n;
+	Datum		value;
+	bool		replace_null;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("outbox.route() must run as a BEFORE INSERT FOR EACH ROW trigger")));
+
+	tuple = trigdata->tg_trigtuple;
+	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	topic_attno = SPI_fnumber(tupdesc, "topic");
+	destinations_attno = SPI_fnumber(tupdesc, "destinations");
+	if (topic_attno <= 0 || destinations_attno <= 0)
+		elog(ERROR, "outbox.messages lacks the topic or destinations column");
+
+	topic_datum = heap_getattr(tuple, topic_attno, tupdesc, &isnull);
+	if (isnull)
+		n = 0;					/* the NOT NULL constraint refuses it */
+	else
+		n = outbox_route_topic(TextDatumGetCString(topic_datum), &ids);
+
+	(void) heap_getattr(tuple, destinations_attno, tupdesc, &isnull);
+	if (n == 0 && isnull)
+		return PointerGetDatum(tuple);
+
+	if (n == 0)
+	{
+		value = (Datum) 0;
+		replace_null = true;
+	}
+	else
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * n);
+		int			i;
+
+		for (i = 0; i < n; i++)
+			elems[i] = Int32GetDatum(ids[i]);
+		value = PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32),
+												true, TYPALIGN_INT));
+		replace_null = false;
+		note_routed_message(ids, n);
+	}
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, tupdesc, 1,
+													 &destinations_attno, &value,
+													 &replace_null));
+}

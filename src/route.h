@@ -1,0 +1,17 @@
+/*-------------------------------------------------------------------------
+ *
+ * route.h
+ *		Routing of messages to destinations by topic pattern.  See route.c.
+ *
+ * Copyright (c) 2026, the outbox developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef OUTBOX_ROUTE_H
+#define OUTBOX_ROUTE_H
+
+extern const char *outbox_pattern_problem(const char *pattern);
+extern bool outbox_topic_matches_pattern(const char *topic, const char *pattern);
+extern int	outbox_route_topic(const char *topic, const int32 **destinations);
+
+#endif							/* OUTBOX_ROUTE_H */
