@@ -333,8 +333,9 @@ outbox_drop_destination(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_IN_USE),
 					 errmsg("outbox destination \"%s\" has deliveries pending", name),
-					 errdetail("%lld messages routed to it are not delivered yet.",
-							   (long long) unfinished),
+					 errdetail_plural("%lld message routed to it is not delivered yet.",
+									  "%lld messages routed to it are not delivered yet.",
+									  (unsigned long) unfinished, (long long) unfinished),
 					 errhint("Wait until they are, or drop it with force => true to give them up.")));
 	}
 	run("DELETE FROM outbox.delivery WHERE destination_id = $1", 1, types, values, NULL,

@@ -87,16 +87,16 @@ outbox_pattern_problem(const char *pattern)
 	size_t		len = strlen(pattern);
 
 	if (len == 0)
-		return "a pattern must not be empty";
+		return "A pattern must not be empty";
 	if (len > MAX_PATTERN_LEN)
-		return "a pattern is at most 255 bytes";
+		return "A pattern is at most 255 bytes long";
 	for (;;)
 	{
 		const char *end = strchr(p, '.');
 		size_t		toklen = end ? (size_t) (end - p) : strlen(p);
 
 		if (toklen == 0)
-			return "tokens must not be empty (two dots in a row, or a dot at either end)";
+			return "Tokens must not be empty (two dots in a row, or a dot at either end)";
 		if (toklen == 1 && (*p == '*' || *p == '>'))
 		{
 			if (*p == '>' && end != NULL)
@@ -115,7 +115,7 @@ outbox_pattern_problem(const char *pattern)
 				if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
 					  (c >= '0' && c <= '9') || c == '_' || c == '-' ||
 					  IS_HIGHBIT_SET(c)))
-					return "tokens consist of letters, digits, \"_\" and \"-\" (or are \"*\" or \">\")";
+					return "Tokens consist of letters, digits, \"_\" and \"-\" (or are \"*\" or \">\")";
 			}
 		}
 		if (end == NULL)

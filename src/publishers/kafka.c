@@ -98,9 +98,15 @@ void		_PG_init(void);
 #define EXTRA_FDS			8
 
 /* Settings (reload). */
-static char *kafka_brokers = NULL;
-static char *kafka_topic = NULL;
-static char *kafka_properties = NULL;
+static char *setting_brokers = NULL;
+static char *setting_topic = NULL;
+static char *setting_properties = NULL;
+
+/* The current destination's options (the settings, by default). */
+static char *kafka_brokers = "";
+static char *kafka_topic = "{topic}";
+static char *kafka_properties = "";
+static MemoryContext config_context = NULL;
 
 /* One name=value of outbox.kafka_properties. */
 typedef struct KafkaProperty
@@ -305,12 +311,12 @@ free_properties(KafkaProperty *props, int n)
  * default one would quote the value.  Names and values are checked by
  * librdkafka when the producer is built.
  */
-static bool
-check_kafka_properties(char **newval, void **extra, GucSource source)
+static char *
+properties_problem(const char *value)
 {
 	KafkaProperty *props;
 	char	   *problem;
-	int			n = parse_properties(*newval, &props, &problem);
+	int			n = parse_properties(value, &props, &problem);
 
 	if (n >= 0)
 	{
@@ -331,6 +337,15 @@ check_kafka_properties(char **newval, void **extra, GucSource source)
 		}
 		free_properties(props, n);
 	}
+	return problem;
+}
+
+/* The check hook of outbox.kafka_properties, over properties_problem(). */
+static bool
+check_kafka_properties(char **newval, void **extra, GucSource source)
+{
+	char	   *problem = properties_problem(*newval);
+
 	if (problem == NULL)
 		return true;
 	GUC_check_errmsg("invalid value for parameter \"outbox.kafka_properties\"");
@@ -338,18 +353,15 @@ check_kafka_properties(char **newval, void **extra, GucSource source)
 	return false;
 }
 
-/* Check outbox.kafka_topic: what surrounds "{topic}" must be legal. */
-static bool
-check_kafka_topic(char **newval, void **extra, GucSource source)
+/* Why a topic template is not one, or NULL: what surrounds "{topic}" must be legal. */
+static char *
+topic_template_problem(const char *value)
 {
 	const char *p;
 
-	if (**newval == '\0')
-	{
-		GUC_check_errdetail("The template must not be empty; \"{topic}\" stands for the message topic.");
-		return false;
-	}
-	for (p = *newval; *p; p++)
+	if (*value == '\0')
+		return pstrdup("The template must not be empty; \"{topic}\" stands for the message topic.");
+	for (p = value; *p; p++)
 	{
 		if (strncmp(p, "{topic}", 7) == 0)
 		{
@@ -357,12 +369,41 @@ check_kafka_topic(char **newval, void **extra, GucSource source)
 			continue;
 		}
 		if (!is_name_char((unsigned char) *p))
-		{
-			GUC_check_errdetail("Kafka topic names contain only ASCII letters, digits, \".\", \"_\" and \"-\"; \"{topic}\" stands for the message topic.");
-			return false;
-		}
+			return pstrdup("Kafka topic names contain only ASCII letters, digits, \".\", \"_\" and \"-\"; \"{topic}\" stands for the message topic.");
 	}
-	return true;
+	return NULL;
+}
+
+/* Check outbox.kafka_topic, over topic_template_problem(). */
+static bool
+check_kafka_topic(char **newval, void **extra, GucSource source)
+{
+	char	   *problem = topic_template_problem(*newval);
+
+	if (problem == NULL)
+		return true;
+	GUC_check_errdetail("%s", problem);
+	return false;
+}
+
+/*
+ * Read the current destination's options (the settings, for the default
+ * destination).
+ */
+static void
+read_config(void)
+{
+	MemoryContext old;
+
+	if (config_context == NULL)
+		config_context = AllocSetContextCreate(TopMemoryContext, "outbox kafka options",
+											   ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(config_context);
+	old = MemoryContextSwitchTo(config_context);
+	kafka_brokers = OutboxOptionString("brokers");
+	kafka_topic = OutboxOptionString("topic");
+	kafka_properties = OutboxOptionString("properties");
+	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -885,8 +926,8 @@ static bool
 settings_changed(void)
 {
 	return built_brokers != NULL &&
-		(strcmp(built_brokers, kafka_brokers) != 0 ||
-		 strcmp(built_properties, kafka_properties) != 0);
+		(strcmp(built_brokers, OutboxOptionString("brokers")) != 0 ||
+		 strcmp(built_properties, OutboxOptionString("properties")) != 0);
 }
 
 /*
@@ -924,6 +965,7 @@ kafka_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resul
 	int			produced = 0;
 	int			i;
 
+	read_config();
 	if (kafka_brokers[0] == '\0')
 	{
 		OutboxPublisherReportProblem(&config_problem, "outbox.kafka_brokers is not set",
@@ -1031,6 +1073,7 @@ kafka_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resul
 static void
 kafka_reload(void)
 {
+	read_config();
 	if (producer == NULL)
 		return;
 	if (strcmp(built_brokers, kafka_brokers) != 0 ||
@@ -1045,15 +1088,27 @@ kafka_shutdown(void)
 	OutboxPublisherClearProblem(&config_problem);
 }
 
+/* A destination's options; each defaults to its setting. */
+static const OutboxOption kafka_options[] = {
+	{.name = "brokers", .type = OUTBOX_OPTION_STRING, .setting = "outbox.kafka_brokers",
+	.required = true},
+	{.name = "topic", .type = OUTBOX_OPTION_STRING, .setting = "outbox.kafka_topic",
+	.check = topic_template_problem},
+	{.name = "properties", .type = OUTBOX_OPTION_STRING, .setting = "outbox.kafka_properties",
+	.secret = true, .check = properties_problem},
+};
+
 static const OutboxPublisher kafka_publisher = {
 	.api_version = OUTBOX_PUBLISHER_API_VERSION,
 	.name = "kafka",
 	.in_transaction = false,
 	.check_topic = kafka_check_topic,
-	.init = NULL,				/* the producer is built at the first batch */
+	.init = read_config,		/* the producer is built at the first batch */
 	.publish = kafka_publish,
 	.reload = kafka_reload,
 	.shutdown = kafka_shutdown,
+	.options = kafka_options,
+	.noptions = lengthof(kafka_options),
 };
 
 /* Define the kafka publisher's settings and register it. */
@@ -1067,7 +1122,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.kafka_brokers",
 							   "Bootstrap servers (host:port,...) of the Kafka cluster the kafka publisher writes to.",
 							   NULL,
-							   &kafka_brokers,
+							   &setting_brokers,
 							   "",
 							   PGC_SIGHUP,
 							   0,
@@ -1076,7 +1131,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.kafka_topic",
 							   "Kafka topic of the kafka publisher's records.",
 							   "\"{topic}\" in it is replaced by the message topic.",
-							   &kafka_topic,
+							   &setting_topic,
 							   "{topic}",
 							   PGC_SIGHUP,
 							   0,
@@ -1090,7 +1145,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.kafka_properties",
 							   "Extra librdkafka properties of the kafka publisher, as name=value;name=value.",
 							   NULL,
-							   &kafka_properties,
+							   &setting_properties,
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,

@@ -87,11 +87,19 @@ void		_PG_init(void);
 #define ERROR_TEXT_LEN		256
 
 /* Settings (reload). */
-static char *nats_url = NULL;
-static char *nats_subject = NULL;
-static char *nats_credentials = NULL;
+static char *setting_url = NULL;
+static char *setting_subject = NULL;
+static char *setting_credentials = NULL;
+static int	setting_max_pending = 256;
+static int	setting_timeout = 5000;
+
+/* The current destination's options (the settings, by default). */
+static char *nats_url = "";
+static char *nats_subject = "{topic}";
+static char *nats_credentials = "";
 static int	nats_max_pending = 256;
 static int	nats_timeout = 5000;
+static MemoryContext config_context = NULL;
 
 /*
  * What a callback reports about one message: recorded by a libnats thread,
@@ -307,6 +315,65 @@ check_nats_subject(char **newval, void **extra, GucSource source)
 		return false;
 	}
 	return true;
+}
+
+/* Why a server list is not one, or NULL. */
+static char *
+url_list_problem(const char *value)
+{
+	const char *p = value;
+	bool		empty = true;
+
+	for (; *p; p++)
+	{
+		if (*p == ',')
+		{
+			if (empty)
+				return pstrdup("The list of servers has an empty entry.");
+			empty = true;
+		}
+		else if (*p != ' ')
+			empty = false;
+	}
+	if (empty)
+		return pstrdup(*value == '\0' ? "No server is given." :
+					   "The list of servers has an empty entry.");
+	return NULL;
+}
+
+/* Why a subject template is not one, or NULL. */
+static char *
+subject_template_problem(const char *value)
+{
+	char	   *sample = subject_for(value, "topic");
+	const char *problem = subject_problem(sample);
+
+	pfree(sample);
+	if (problem)
+		return psprintf("The subject template is not a valid NATS subject: %s.", problem);
+	return NULL;
+}
+
+/*
+ * Read the current destination's options (the settings, for the default
+ * destination).
+ */
+static void
+read_config(void)
+{
+	MemoryContext old;
+
+	if (config_context == NULL)
+		config_context = AllocSetContextCreate(TopMemoryContext, "outbox nats options",
+											   ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(config_context);
+	old = MemoryContextSwitchTo(config_context);
+	nats_url = OutboxOptionString("url");
+	nats_subject = OutboxOptionString("subject");
+	nats_credentials = OutboxOptionString("credentials");
+	nats_max_pending = (int) OutboxOptionInteger("max_pending");
+	nats_timeout = (int) OutboxOptionInteger("timeout");
+	MemoryContextSwitchTo(old);
 }
 
 /* ------------------------------------------------------------------ callbacks (libnats threads) */
@@ -1223,6 +1290,7 @@ nats_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *result
 {
 	int			i;
 
+	read_config();
 	if (!ensure_connected())
 	{
 		for (i = 0; i < nmessages; i++)
@@ -1266,6 +1334,7 @@ nats_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *result
 static void
 nats_reload(void)
 {
+	read_config();
 	if (conn == NULL && connect_job == NULL)
 		return;
 	if (strcmp(built_url, nats_url) != 0 ||
@@ -1285,15 +1354,31 @@ nats_shutdown(void)
 	OutboxPublisherClearProblem(&connection_problem);
 }
 
+/* A destination's options; each defaults to its setting. */
+static const OutboxOption nats_options[] = {
+	{.name = "url", .type = OUTBOX_OPTION_STRING, .setting = "outbox.nats_url",
+	.check = url_list_problem},
+	{.name = "subject", .type = OUTBOX_OPTION_STRING, .setting = "outbox.nats_subject",
+	.check = subject_template_problem},
+	{.name = "credentials", .type = OUTBOX_OPTION_STRING, .setting = "outbox.nats_credentials",
+	.secret = true},
+	{.name = "max_pending", .type = OUTBOX_OPTION_INTEGER, .setting = "outbox.nats_max_pending",
+	.min_value = 1, .max_value = 65536},
+	{.name = "timeout", .type = OUTBOX_OPTION_INTEGER, .setting = "outbox.nats_timeout",
+	.unit = GUC_UNIT_MS, .min_value = 100, .max_value = 3600 * 1000},
+};
+
 static const OutboxPublisher nats_publisher = {
 	.api_version = OUTBOX_PUBLISHER_API_VERSION,
 	.name = "nats",
 	.in_transaction = false,
 	.check_topic = NULL,		/* a bad subject fails its message */
-	.init = NULL,				/* connects on the first batch */
+	.init = read_config,		/* connects on the first batch */
 	.publish = nats_publish,
 	.reload = nats_reload,
 	.shutdown = nats_shutdown,
+	.options = nats_options,
+	.noptions = lengthof(nats_options),
 };
 
 /* Define the settings and register the publisher. */
@@ -1309,7 +1394,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.nats_url",
 							   "NATS servers the nats publisher connects to (comma-separated URLs).",
 							   NULL,
-							   &nats_url,
+							   &setting_url,
 							   "nats://127.0.0.1:4222",
 							   PGC_SIGHUP,
 							   0,
@@ -1318,7 +1403,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.nats_subject",
 							   "Subject the nats publisher publishes a message to.",
 							   "\"{topic}\" in it is replaced by the message's topic.",
-							   &nats_subject,
+							   &setting_subject,
 							   "{topic}",
 							   PGC_SIGHUP,
 							   0,
@@ -1327,7 +1412,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.nats_credentials",
 							   "Credentials file (JWT and NKey seed) for connecting to NATS; empty for none.",
 							   NULL,
-							   &nats_credentials,
+							   &setting_credentials,
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
@@ -1336,7 +1421,7 @@ _PG_init(void)
 	DefineCustomIntVariable("outbox.nats_max_pending",
 							"Most JetStream publications waiting for their PubAck at once.",
 							NULL,
-							&nats_max_pending,
+							&setting_max_pending,
 							256, 1, 65536,
 							PGC_SIGHUP,
 							0,
@@ -1345,7 +1430,7 @@ _PG_init(void)
 	DefineCustomIntVariable("outbox.nats_timeout",
 							"Longest wait for the PubAck of a JetStream publication.",
 							NULL,
-							&nats_timeout,
+							&setting_timeout,
 							5000, 100, 3600 * 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
