@@ -171,6 +171,8 @@ CREATE INDEX messages_routed_idx ON outbox.messages (id)
 	WHERE status = 'pending' AND destinations IS NOT NULL;
 
 -- Routing, in the saving transaction, for save() and the batch path alike.
+-- (It reads the subscriptions as their owner: saving roles need no
+-- privilege on them.)
 CREATE FUNCTION outbox.route() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'outbox_route'
 	LANGUAGE C;
@@ -220,56 +222,23 @@ CREATE FUNCTION outbox.destination_position(destination_id int) RETURNS uuid
 		ORDER BY p.upto DESC LIMIT 1;
 	END;
 
--- The store API per destination (external relays).  The functions that take
--- a destination now replace those of 0.2.0, keeping the privileges granted on
--- them (README tells relay roles to GRANT EXECUTE on them).
+-- The store API per destination (external relays): the functions of 0.2.0
+-- stay as they are (and so do the privileges granted on them); these take
+-- the destination.
+CREATE FUNCTION outbox.fetch_pending(max_messages int, destination text)
+	RETURNS SETOF outbox.messages
+	AS 'MODULE_PATHNAME', 'outbox_fetch_pending'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION outbox.mark_processed(ids uuid[], destination text) RETURNS int
 	AS 'MODULE_PATHNAME', 'outbox_mark_processed_for'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-DO $$
-DECLARE
-	replaced record;
-	old_acl aclitem[];
-	grantee record;
-BEGIN
-	FOR replaced IN
-		SELECT * FROM (VALUES
-			('outbox.fetch_pending(int)',
-			 'outbox.fetch_pending(int, text)',
-			 $f$CREATE FUNCTION outbox.fetch_pending(max_messages int, destination text DEFAULT NULL)
-				RETURNS SETOF outbox.messages
-				AS 'MODULE_PATHNAME', 'outbox_fetch_pending'
-				LANGUAGE C VOLATILE PARALLEL UNSAFE$f$),
-			('outbox.mark_failed(uuid, text)',
-			 'outbox.mark_failed(uuid, text, text)',
-			 $f$CREATE FUNCTION outbox.mark_failed(id uuid, error text, destination text DEFAULT NULL)
-				RETURNS outbox.message_status
-				AS 'MODULE_PATHNAME', 'outbox_mark_failed'
-				LANGUAGE C VOLATILE PARALLEL UNSAFE$f$),
-			('outbox.retry_failed(uuid[])',
-			 'outbox.retry_failed(uuid[], text)',
-			 $f$CREATE FUNCTION outbox.retry_failed(ids uuid[] DEFAULT NULL, destination text DEFAULT NULL)
-				RETURNS int
-				AS 'MODULE_PATHNAME', 'outbox_retry_failed'
-				LANGUAGE C VOLATILE PARALLEL UNSAFE$f$)
-		) AS r(old_signature, new_signature, definition)
-	LOOP
-		SELECT proacl INTO old_acl FROM pg_proc
-		WHERE oid = replaced.old_signature::regprocedure;
-		EXECUTE 'DROP FUNCTION ' || replaced.old_signature;
-		EXECUTE replaced.definition;
-		EXECUTE 'REVOKE ALL ON FUNCTION ' || replaced.new_signature || ' FROM PUBLIC';
-		FOR grantee IN
-			SELECT a.grantee FROM unnest(old_acl) u, aclexplode(ARRAY[u]) a
-			WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> 0
-			  AND a.grantee <> (SELECT relowner FROM pg_class WHERE oid = 'outbox.messages'::regclass)
-		LOOP
-			EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', replaced.new_signature,
-						   pg_get_userbyid(grantee.grantee));
-		END LOOP;
-	END LOOP;
-END
-$$;
+CREATE FUNCTION outbox.mark_failed(id uuid, error text, destination text)
+	RETURNS outbox.message_status
+	AS 'MODULE_PATHNAME', 'outbox_mark_failed'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION outbox.retry_failed(ids uuid[], destination text) RETURNS int
+	AS 'MODULE_PATHNAME', 'outbox_retry_failed'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 -- What users see of destinations: no secret option, a state.
 CREATE VIEW outbox.destinations AS
@@ -322,4 +291,6 @@ REVOKE ALL ON FUNCTION outbox.route(), outbox.create_destination(text, text, jso
 	outbox.pause_destination(text), outbox.resume_destination(text),
 	outbox.subscribe(text, text), outbox.unsubscribe(text, text),
 	outbox.topic_matches(text, text), outbox.public_options(text, jsonb),
-	outbox.destination_position(int), outbox.mark_processed(uuid[], text) FROM PUBLIC;
+	outbox.destination_position(int), outbox.fetch_pending(int, text),
+	outbox.mark_processed(uuid[], text), outbox.mark_failed(uuid, text, text),
+	outbox.retry_failed(uuid[], text) FROM PUBLIC;

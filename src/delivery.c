@@ -250,8 +250,10 @@ outbox_delivery_load(int32 destination_id, MemoryContext context,
 					 OutboxDestination *destination)
 {
 	Datum		args[1] = {Int32GetDatum(destination_id)};
-	int			guc_level = outbox_store_connect();
+	OutboxStoreCall call;
 	bool		found = false;
+
+	outbox_store_connect_as_owner(&call);
 
 	if (outbox_store_execute(&load_stmt, args, NULL, InvalidSnapshot, 1) > 0)
 	{
@@ -273,7 +275,7 @@ outbox_delivery_load(int32 destination_id, MemoryContext context,
 		MemoryContextSwitchTo(old);
 		found = true;
 	}
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	unfinished = -1;
 	position_known = false;
 	return found;
@@ -412,7 +414,7 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 	TimestampTz now = GetCurrentTimestamp();
 	HTAB	   *held = new_key_set();
 	Datum		args[4];
-	int			guc_level;
+	OutboxStoreCall call;
 	int64		bytes = 0;
 	int			nretry = 0;
 	pg_uuid_t  *retry_ids = palloc(sizeof(pg_uuid_t) * max_messages);
@@ -425,7 +427,7 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 	batch->tuples = palloc0(sizeof(HeapTuple) * batch->capacity);
 	prepare_destination_batch(batch, max_messages * 2);
 
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	args[0] = Int32GetDatum(destination->id);
 
 	if (!position_known)
@@ -550,7 +552,7 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 		SPI_freetuptable(SPI_tuptable);
 		fetch_messages(batch, chosen, nchosen, false, NULL, caller);
 	}
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	return batch;
 }
 
@@ -681,11 +683,11 @@ outbox_delivery_record(OutboxDestination *destination, OutboxBatch *batch,
 	TimestampTz now = GetCurrentTimestamp();
 	Datum		args[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int			guc_level;
+	OutboxStoreCall call;
 	int			i;
 
 	new_deliveries_init(&rows, batch->nmessages + batch->ndiverted);
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	args[0] = Int32GetDatum(destination->id);
 
 	for (i = 0; i < batch->nmessages; i++)
@@ -789,7 +791,7 @@ outbox_delivery_record(OutboxDestination *destination, OutboxBatch *batch,
 				 errhint("Messages routed to it stay pending; outbox.resume_destination('%s') delivers them again.",
 						 destination->name)));
 	}
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	unfinished = -1;			/* recounted at the next claim */
 }
 
@@ -802,7 +804,7 @@ outbox_delivery_finalize(OutboxBatch *batch)
 {
 	Datum		args[2];
 	pg_uuid_t  *ids;
-	int			guc_level;
+	OutboxStoreCall call;
 	int			i;
 
 	if (batch->nmessages == 0)
@@ -810,11 +812,11 @@ outbox_delivery_finalize(OutboxBatch *batch)
 	ids = palloc(sizeof(pg_uuid_t) * batch->nmessages);
 	for (i = 0; i < batch->nmessages; i++)
 		ids[i] = batch->messages[i].id;
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	args[0] = PointerGetDatum(outbox_uuid_array(ids, batch->nmessages));
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	outbox_store_execute(&finalize_stmt, args, NULL, InvalidSnapshot, 0);
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 }
 
 /*
@@ -826,9 +828,11 @@ int
 outbox_delivery_finalize_stragglers(int max_messages)
 {
 	Datum		args[2];
-	int			guc_level = outbox_store_connect();
+	OutboxStoreCall call;
 	uint64		n;
 	int			finished = 0;
+
+	outbox_store_connect_as_owner(&call);
 
 	args[0] = Int32GetDatum(max_messages);
 	n = outbox_store_execute(&stragglers_stmt, args, NULL, InvalidSnapshot, 0);
@@ -846,7 +850,7 @@ outbox_delivery_finalize_stragglers(int max_messages)
 		args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 		finished = (int) outbox_store_execute(&finalize_stmt, args, NULL, InvalidSnapshot, 0);
 	}
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	return finished;
 }
 
@@ -859,13 +863,13 @@ outbox_delivery_next_due(OutboxDestination *destination)
 {
 	Datum		args[2];
 	TimestampTz due = 0;
-	int			guc_level;
+	OutboxStoreCall call;
 
 	if (unfinished == 0)
 		return 0;
 	args[0] = Int32GetDatum(destination->id);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	if (outbox_store_execute(&next_due_stmt, args, NULL, InvalidSnapshot, 1) > 0)
 	{
 		bool		isnull;
@@ -874,7 +878,7 @@ outbox_delivery_next_due(OutboxDestination *destination)
 		if (!isnull)
 			due = DatumGetTimestampTz(value);
 	}
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	return due;
 }
 
@@ -896,7 +900,7 @@ int
 outbox_delivery_list_workers(int32 **ids, char ***names, uint32 **hashes)
 {
 	MemoryContext caller = CurrentMemoryContext;
-	int			guc_level;
+	OutboxStoreCall call;
 	uint64		n;
 	uint64		i;
 
@@ -905,7 +909,7 @@ outbox_delivery_list_workers(int32 **ids, char ***names, uint32 **hashes)
 	*hashes = NULL;
 	if (!outbox_have_destinations())
 		return 0;
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	n = outbox_store_execute(&list_workers_stmt, NULL, NULL, InvalidSnapshot, 0);
 	*ids = MemoryContextAlloc(caller, sizeof(int32) * Max(n, 1));
 	*names = MemoryContextAlloc(caller, sizeof(char *) * Max(n, 1));
@@ -920,7 +924,7 @@ outbox_delivery_list_workers(int32 **ids, char ***names, uint32 **hashes)
 		(*names)[i] = MemoryContextStrdup(caller, SPI_getvalue(tuple, tupdesc, 2));
 		(*hashes)[i] = (uint32) DatumGetInt32(SPI_getbinval(tuple, tupdesc, 3, &isnull));
 	}
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	return (int) n;
 }
 
@@ -1021,13 +1025,13 @@ outbox_delivery_fetch(const char *name, int max_messages)
 	TimestampTz now = GetCurrentTimestamp();
 	pg_uuid_t  *retried;
 	int			nretried = 0;
-	int			guc_level;
+	OutboxStoreCall call;
 	bool		isnull;
 	char	   *publisher;
 	int			i;
 
 	require_destinations();
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	args[0] = CStringGetTextDatum(name);
 	if (outbox_store_execute(&lock_external_stmt, args, NULL, InvalidSnapshot, 1) == 0)
 		ereport(ERROR,
@@ -1046,7 +1050,7 @@ outbox_delivery_fetch(const char *name, int max_messages)
 	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
 	{
 		/* Paused or disabled: nothing to hand out. */
-		outbox_store_finish(guc_level);
+		outbox_store_finish_as_owner(&call);
 		batch = palloc0(sizeof(OutboxBatch));
 		return batch;
 	}
@@ -1086,7 +1090,7 @@ outbox_delivery_fetch(const char *name, int max_messages)
 		args[2] = TimestampTzGetDatum(now);
 		outbox_store_execute(&progress_stmt, args, NULL, InvalidSnapshot, 0);
 	}
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	return batch;
 }
 
@@ -1111,17 +1115,17 @@ int
 outbox_delivery_mark_processed(const char *name, const pg_uuid_t *ids, int nids)
 {
 	Datum		args[3];
-	int			guc_level;
+	OutboxStoreCall call;
 	int			count;
 
 	require_destinations();
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	args[0] = Int32GetDatum(destination_id(name));
 	args[1] = PointerGetDatum(outbox_uuid_array(ids, nids));
 	args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 	count = (int) outbox_store_execute(&delivered_stmt, args, NULL, InvalidSnapshot, 0);
 	finalize_ids(ids, nids);
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	return count;
 }
 
@@ -1137,10 +1141,10 @@ outbox_delivery_mark_failed(const char *name, const pg_uuid_t *id, const char *e
 	Datum		args[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', 'n', ' ', ' ', ' '};
 	const char *status = NULL;
-	int			guc_level;
+	OutboxStoreCall call;
 
 	require_destinations();
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	args[0] = Int32GetDatum(destination_id(name));
 	args[1] = UUIDPGetDatum(id);
 	args[2] = CStringGetTextDatum(error ? error : "publish failed");
@@ -1155,7 +1159,7 @@ outbox_delivery_mark_failed(const char *name, const pg_uuid_t *id, const char *e
 														  SPI_tuptable->tupdesc, 1));
 	if (status && strcmp(status, "failed") == 0)
 		finalize_ids(id, 1);
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	return status;
 }
 
@@ -1168,12 +1172,12 @@ outbox_delivery_retry_failed(const char *name, ArrayType *ids)
 {
 	Datum		args[3];
 	char		nulls[3] = {' ', ' ', ' '};
-	int			guc_level;
+	OutboxStoreCall call;
 	int			count;
 	bool		isnull;
 
 	require_destinations();
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	args[0] = Int32GetDatum(destination_id(name));
 	args[1] = PointerGetDatum(ids);
 	if (ids == NULL)
@@ -1181,7 +1185,7 @@ outbox_delivery_retry_failed(const char *name, ArrayType *ids)
 	args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 	outbox_store_execute(&retry_deliveries_stmt, args, nulls, InvalidSnapshot, 0);
 	count = (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	if (count > 0)
 		outbox_destinations_changed_at_commit(false);
 	return count;
@@ -1195,16 +1199,16 @@ int
 outbox_delivery_recover_stuck(void)
 {
 	Datum		args[1];
-	int			guc_level;
+	OutboxStoreCall call;
 	int			count;
 
 	if (!outbox_have_destinations())
 		return 0;
 	args[0] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															  -(int64) outbox_processing_timeout));
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	count = (int) outbox_store_execute(&recover_deliveries_stmt, args, NULL, InvalidSnapshot, 0);
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 	return count;
 }
 
@@ -1232,14 +1236,14 @@ void
 outbox_delivery_purge(void)
 {
 	Datum		args[1];
-	int			guc_level;
+	OutboxStoreCall call;
 
 	if (outbox_retention < 0 || !outbox_have_destinations())
 		return;
 	args[0] = TimestampTzGetDatum(GetCurrentTimestamp() -
 								  (TimestampTz) outbox_retention * USECS_PER_SEC);
-	guc_level = outbox_store_connect();
+	outbox_store_connect_as_owner(&call);
 	outbox_store_execute(&purge_deliveries_stmt, args, NULL, InvalidSnapshot, 0);
 	outbox_store_execute(&purge_progress_stmt, args, NULL, InvalidSnapshot, 0);
-	outbox_store_finish(guc_level);
+	outbox_store_finish_as_owner(&call);
 }

@@ -26,11 +26,16 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "catalog/namespace.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/array.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
@@ -39,6 +44,7 @@
 #include "outbox.h"
 #include "route.h"
 #include "shmem.h"
+#include "store.h"
 
 PG_FUNCTION_INFO_V1(outbox_route);
 PG_FUNCTION_INFO_V1(outbox_topic_matches);
@@ -181,6 +187,7 @@ load_subscriptions(void)
 	HASHCTL		ctl;
 	uint64		i;
 	int			ret;
+	OutboxStoreCall call;
 
 	if (loaded && version == loaded_version)
 		return;
@@ -194,8 +201,12 @@ load_subscriptions(void)
 	topic_routes = NULL;
 	loaded = false;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "could not connect to SPI to read outbox subscriptions");
+	/*
+	 * Read them as the table's owner (saving roles have no privilege on
+	 * it), in a restricted operation, with search_path pinned by the store
+	 * call.
+	 */
+	outbox_store_connect_as_owner(&call);
 	ret = SPI_execute("SELECT s.destination_id, s.pattern FROM outbox.subscription s "
 					  "ORDER BY s.destination_id, s.pattern", true, 0);
 	if (ret != SPI_OK_SELECT)
@@ -212,7 +223,7 @@ load_subscriptions(void)
 		s->pattern = MemoryContextStrdup(routing_context,
 										 SPI_getvalue(tuple, SPI_tuptable->tupdesc, 2));
 	}
-	SPI_finish();
+	outbox_store_finish_as_owner(&call);
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = OUTBOX_MAX_TOPIC_LEN + 1;

@@ -62,7 +62,9 @@
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -294,6 +296,50 @@ outbox_store_connect(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "could not connect to SPI for the outbox store");
 	return guc_level;
+}
+
+/* The owner of the outbox's tables (that of outbox.messages). */
+static Oid
+outbox_owner(void)
+{
+	Oid			relid = get_relname_relid("messages", get_namespace_oid("outbox", false));
+	HeapTuple	tuple;
+	Oid			owner;
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "outbox.messages does not exist");
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+/*
+ * Begin a store call that runs as the owner of the outbox's tables, in a
+ * restricted operation: destinations' statements (delivery.c, route.c).
+ * Destinations are the outbox's own business: a saving role, the worker's
+ * role (outbox.role) and an external relay granted EXECUTE on the store
+ * API need no privilege on their tables.  Hand *call to
+ * outbox_store_finish_as_owner().
+ */
+void
+outbox_store_connect_as_owner(OutboxStoreCall *call)
+{
+	GetUserIdAndSecContext(&call->saved_userid, &call->saved_sec_context);
+	SetUserIdAndSecContext(outbox_owner(),
+						   call->saved_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	call->guc_level = outbox_store_connect();
+}
+
+/* End a store call begun by outbox_store_connect_as_owner(). */
+void
+outbox_store_finish_as_owner(OutboxStoreCall *call)
+{
+	outbox_store_finish(call->guc_level);
+	SetUserIdAndSecContext(call->saved_userid, call->saved_sec_context);
 }
 
 /* End a store call: disconnect from SPI and restore the settings. */

@@ -57,8 +57,18 @@ typedef struct OutboxStatement
 	SPIPlanPtr	plan;
 } OutboxStatement;
 
+/* A store call as the outbox's owner: what it must restore. */
+typedef struct OutboxStoreCall
+{
+	int			guc_level;
+	Oid			saved_userid;
+	int			saved_sec_context;
+} OutboxStoreCall;
+
 extern bool outbox_have_destinations(void);
 extern int	outbox_store_connect(void);
+extern void outbox_store_connect_as_owner(OutboxStoreCall *call);
+extern void outbox_store_finish_as_owner(OutboxStoreCall *call);
 extern void outbox_store_finish(int guc_level);
 extern uint64 outbox_store_execute(OutboxStatement *stmt, Datum *args, const char *nulls,
 								   Snapshot snapshot, long max_rows);

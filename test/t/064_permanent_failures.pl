@@ -103,6 +103,12 @@ ok($pending_retries{1} && $pending_retries{2},
 	'in between it was pending again after attempts 1 and 2 (seen: '
 	  . join(',', sort keys %pending_retries) . ')');
 my @leaks = grep { $_->[0] ne 'failed' && $_->[2] > 0 } @samples;
+if (@leaks) {
+	diag("D=$d");
+	diag(q1("SELECT id, status, retries, next_attempt_at, last_error FROM outbox.messages WHERE id = '$d'"));
+	diag(q1("SELECT m.id, m.status, m.processed_at, m.created_at FROM outbox.messages m WHERE m.key = 'k3' ORDER BY m.id LIMIT 12"));
+	diag(join("\n", map { join('|', @$_) } @samples[0..10]));
+}
 is(scalar @leaks, 0,
 	'ordering key: no later message of its key was published while it was unfinished');
 ok((grep { $_->[0] ne 'failed' && $_->[3] > 0 } @samples),
