@@ -41,6 +41,7 @@
 #include "publisher.h"
 #include "route.h"
 #include "shmem.h"
+#include "store.h"
 
 PG_FUNCTION_INFO_V1(outbox_create_destination);
 PG_FUNCTION_INFO_V1(outbox_alter_destination);
@@ -177,6 +178,17 @@ lock_destination(const char *name, char **publisher)
 	if (publisher)
 		*publisher = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	return id;
+}
+
+/*
+ * Connect for a management call that EXECUTE alone permits (pause,
+ * resume, subscribe, unsubscribe): as the outbox's owner.
+ */
+static void
+owner_connect(OutboxStoreCall *call)
+{
+	outbox_require_shared_state();
+	outbox_store_connect_as_owner(call);
 }
 
 /* Connect to SPI for a management call. */
@@ -354,8 +366,9 @@ set_paused(const char *name, bool paused)
 {
 	Oid			types[2] = {INT4OID, BOOLOID};
 	Datum		values[2];
+	OutboxStoreCall call;
 
-	management_connect();
+	owner_connect(&call);
 	values[0] = Int32GetDatum(lock_destination(name, NULL));
 	values[1] = BoolGetDatum(paused);
 	if (paused)
@@ -365,7 +378,7 @@ set_paused(const char *name, bool paused)
 		run("UPDATE outbox.destination SET paused = false, disabled_at = NULL, "
 			"disabled_reason = NULL, failing_since = NULL WHERE id = $1 AND NOT $2",
 			2, types, values, NULL, SPI_OK_UPDATE);
-	SPI_finish();
+	outbox_store_finish_as_owner(&call);
 	outbox_destinations_changed_at_commit(false);
 }
 
@@ -417,14 +430,15 @@ outbox_subscribe(PG_FUNCTION_ARGS)
 	char	   *pattern = text_argument(fcinfo, 1, "topic pattern");
 	Oid			types[2] = {INT4OID, TEXTOID};
 	Datum		values[2];
+	OutboxStoreCall call;
 
 	check_pattern(pattern);
-	management_connect();
+	owner_connect(&call);
 	values[0] = Int32GetDatum(lock_destination(name, NULL));
 	values[1] = CStringGetTextDatum(pattern);
 	run("INSERT INTO outbox.subscription (destination_id, pattern) VALUES ($1, $2) "
 		"ON CONFLICT DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
-	SPI_finish();
+	outbox_store_finish_as_owner(&call);
 	outbox_destinations_changed_at_commit(true);
 	PG_RETURN_VOID();
 }
@@ -440,8 +454,9 @@ outbox_unsubscribe(PG_FUNCTION_ARGS)
 	char	   *pattern = text_argument(fcinfo, 1, "topic pattern");
 	Oid			types[2] = {INT4OID, TEXTOID};
 	Datum		values[2];
+	OutboxStoreCall call;
 
-	management_connect();
+	owner_connect(&call);
 	values[0] = Int32GetDatum(lock_destination(name, NULL));
 	values[1] = CStringGetTextDatum(pattern);
 	if (run("DELETE FROM outbox.subscription WHERE destination_id = $1 AND pattern = $2",
@@ -449,7 +464,7 @@ outbox_unsubscribe(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("outbox destination \"%s\" has no subscription \"%s\"", name, pattern)));
-	SPI_finish();
+	outbox_store_finish_as_owner(&call);
 	outbox_destinations_changed_at_commit(true);
 	PG_RETURN_VOID();
 }
