@@ -64,7 +64,7 @@ clean-brokers:
 		$(MAKE) -f src/publishers/$$b.mk PG_CONFIG=$(PG_CONFIG) clean || exit 1; \
 	done
 
-.PHONY: test demo install-for-tests clean-test-modules
+.PHONY: test test-installed demo install-for-tests clean-test-modules
 
 # Install into the server's directories, through sudo when they are not ours.
 install-for-tests: all
@@ -75,8 +75,16 @@ install-for-tests: all
 	fi
 
 # The whole test suite: pgTAP, isolation and Perl TAP (see test/run.sh);
-# SUITES=pgtap (or isolation, tap) runs one.
-test: install-for-tests
+# SUITES=pgtap (or isolation, tap) runs one.  It first installs the Debian
+# packages the suites need, as make demo does (scripts/packages.sh: with
+# apt-get as root, else it prints the sudo apt-get line and stops), then
+# builds in a new make, which sees what was just installed.
+test:
+	@bash scripts/packages.sh ensure test
+	@$(MAKE) --no-print-directory test-installed
+
+# The suites, once the packages are there.
+test-installed: install-for-tests
 	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG)
 	$(MAKE) -C test/brokers BROKERS="$(BROKERS)"
 	PG_CONFIG=$(PG_CONFIG) bash test/run.sh $(or $(SUITES),all)
