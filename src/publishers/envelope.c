@@ -27,6 +27,7 @@
 #include "utils/timestamp.h"
 
 #include "outbox.h"
+#include "pg_compat.h"
 
 /* How the payload goes into the envelope. */
 typedef enum PayloadForm
@@ -60,7 +61,7 @@ payload_form(const OutboxMessage *message, char **text)
 		}
 	}
 	*text = pnstrdup(message->payload, message->payload_len);
-	lex = makeJsonLexContextCstringLen(*text, message->payload_len,
+	lex = makeJsonLexContextCstringLen(NULL, *text, message->payload_len,
 									   GetDatabaseEncoding(), false);
 	if (message->payload_len > 0 &&
 		pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS)
@@ -101,7 +102,7 @@ outbox_message_envelope(const OutboxMessage *message)
 				char	   *encoded = palloc(enclen + 1);
 				int			written;
 
-				written = pg_b64_encode(message->payload, message->payload_len,
+				written = outbox_b64_encode(message->payload, message->payload_len,
 										encoded, enclen);
 				if (written < 0)
 					elog(ERROR, "could not encode outbox payload as base64");

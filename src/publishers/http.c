@@ -63,6 +63,7 @@
 #include "utils/timestamp.h"
 
 #include "outbox.h"
+#include "pg_compat.h"
 
 /* How much of an error answer's body goes into last_error. */
 #define ERROR_BODY_BYTES	200
@@ -310,7 +311,7 @@ payload_is_json(const OutboxMessage *m)
 		!pg_verify_mbstr(PG_UTF8, m->payload, m->payload_len, true))
 		return false;
 	text = pnstrdup(m->payload, m->payload_len);
-	lex = makeJsonLexContextCstringLen(text, m->payload_len, PG_UTF8, false);
+	lex = makeJsonLexContextCstringLen(NULL, text, m->payload_len, PG_UTF8, false);
 	ok = pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
 	pfree(text);
 	return ok;
@@ -330,7 +331,7 @@ signing_key(int *keylen)
 	{
 		int			declen = pg_b64_dec_len((int) (len - 6));
 		char	   *key = palloc(declen + 1);
-		int			n = pg_b64_decode(secret + 6, (int) (len - 6), key, declen);
+		int			n = outbox_b64_decode(secret + 6, (int) (len - 6), key, declen);
 
 		if (n > 0)
 		{
@@ -387,7 +388,7 @@ webhook_signature(const char *key, int keylen, const char *id,
 	PG_END_TRY();
 
 	memcpy(signature, "v1,", 3);
-	written = pg_b64_encode((const char *) mac, sizeof(mac), signature + 3, enclen);
+	written = outbox_b64_encode(mac, sizeof(mac), signature + 3, enclen);
 	if (written < 0)
 		elog(ERROR, "could not encode the webhook signature");
 	signature[3 + written] = '\0';
