@@ -13,7 +13,10 @@ OBJS = \
 	src/publishers/notify.o \
 	src/publishers/http.o \
 	src/publishers/function.o
-DATA = sql/outbox--0.1.0.sql
+# Every version's full script and every update script: adding a version
+# is adding its two files (sql/outbox--NEW.sql, sql/outbox--OLD--NEW.sql)
+# and changing default_version in outbox.control.
+DATA = $(wildcard sql/outbox--*.sql)
 PGFILEDESC = "outbox - transactional outbox relay"
 
 # The public header for third-party publishers.
@@ -21,7 +24,9 @@ HEADERS_outbox = src/outbox_publisher.h
 
 PG_CONFIG ?= $(shell test -x /usr/lib/postgresql/15/bin/pg_config && \
 	echo /usr/lib/postgresql/15/bin/pg_config || echo pg_config)
-PG_CPPFLAGS = -I$(srcdir)/src
+# The extension's version, from outbox.control (the one place it is set).
+OUTBOX_VERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(dir $(lastword $(MAKEFILE_LIST)))outbox.control)
+PG_CPPFLAGS = -I$(srcdir)/src -DOUTBOX_VERSION='"$(OUTBOX_VERSION)"'
 # -Wextra, less unused-parameter: PostgreSQL's own headers and callback
 # signatures have unused parameters by design.
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter

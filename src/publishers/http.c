@@ -627,7 +627,7 @@ http_setup(void)
 		SET_OPTION(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
 		SET_OPTION(r->easy, CURLOPT_TIMEOUT_MS, (long) http_timeout);
 		SET_OPTION(r->easy, CURLOPT_TCP_KEEPALIVE, 1L);
-		SET_OPTION(r->easy, CURLOPT_USERAGENT, "outbox/0.1.0 (PostgreSQL)");
+		SET_OPTION(r->easy, CURLOPT_USERAGENT, "outbox/" OUTBOX_VERSION " (PostgreSQL)");
 		SET_OPTION(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
 		SET_OPTION(r->easy, CURLOPT_WRITEFUNCTION, collect_body);
 		SET_OPTION(r->easy, CURLOPT_WRITEDATA, r);
