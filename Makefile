@@ -22,6 +22,20 @@ PGFILEDESC = "outbox - transactional outbox relay"
 # The public header for third-party publishers.
 HEADERS_outbox = src/outbox_publisher.h
 
+# make installcheck: the suites through PGXS, as contrib modules run theirs,
+# against an installed and running server (see README, "make installcheck").
+#   REGRESS     the pgTAP tests (test/sql/pgtap.sql runs every test/pgtap/ file)
+#   ISOLATION   the isolation specs (test/specs, expected output in test/expected)
+#   TAP_TESTS   the Perl TAP tests (test/t), with their own throw-away clusters
+REGRESS = pgtap
+REGRESS_OPTS = --inputdir=test --load-extension=pgtap --load-extension=outbox
+ISOLATION = $(basename $(notdir $(wildcard test/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test --load-extension=outbox
+TAP_TESTS = 1
+# What the TAP tests build and load (the example publisher, the brokers'
+# helpers), built before installcheck runs.
+REGRESS_PREP = test-helpers
+
 PG_CONFIG ?= $(shell test -x /usr/lib/postgresql/15/bin/pg_config && \
 	echo /usr/lib/postgresql/15/bin/pg_config || echo pg_config)
 # The extension's version, from outbox.control (the one place it is set).
@@ -89,10 +103,21 @@ test:
 	@$(MAKE) --no-print-directory test-installed
 
 # The suites, once the packages are there.
-test-installed: install-for-tests
+test-installed: install-for-tests test-helpers
+	PG_CONFIG=$(PG_CONFIG) bash test/run.sh $(or $(SUITES),all)
+
+# The TAP tests of installcheck are test/t/*.pl (PROVE_TESTS="t/..." picks
+# some, relative to test/ as for make test), with test/t's helper modules;
+# they run as an unprivileged user (PostgreSQL refuses root).
+installcheck: override PROVE_TESTS := $(addprefix test/,$(or $(PROVE_TESTS),t/*.pl))
+installcheck: PG_PROVE_FLAGS += -I $(srcdir)/test/t
+installcheck: export OUTBOX_SRCDIR := $(CURDIR)
+installcheck: export PG_CONFIG := $(PG_CONFIG)
+
+.PHONY: test-helpers
+test-helpers:
 	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG)
 	$(MAKE) -C test/brokers BROKERS="$(BROKERS)"
-	PG_CONFIG=$(PG_CONFIG) bash test/run.sh $(or $(SUITES),all)
 
 # The example publisher the tests load (test/modules/outbox_flaky).
 clean: clean-test-modules
