@@ -1071,7 +1071,7 @@ outbox_register_http_publisher(void)
 							   &http_signing_secret,
 							   "",
 							   PGC_SIGHUP,
-							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
 
 	DefineCustomStringVariable("outbox.http_ca_file",
