@@ -18,6 +18,7 @@ OBJS = \
 # and changing default_version in outbox.control.
 DATA = $(wildcard sql/outbox--*.sql)
 PGFILEDESC = "outbox - transactional outbox relay"
+EXTRA_CLEAN = .pg-build
 
 # The public header for third-party publishers.
 HEADERS_outbox = src/outbox_publisher.h
@@ -53,6 +54,9 @@ include $(PGXS)
 # PGXS tracks no header dependencies: every object is rebuilt when a header
 # it includes changes (the shared-memory layout is in outbox.h).
 $(OBJS): src/outbox.h src/outbox_publisher.h
+
+# Compiled again when PG_CONFIG names another installation (pg-build.mk).
+include pg-build.mk
 
 # ---------------------------------------------------------------- broker publishers
 
@@ -116,7 +120,7 @@ installcheck: export PG_CONFIG := $(PG_CONFIG)
 
 .PHONY: test-helpers
 test-helpers:
-	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG)
+	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG) clean all
 	$(MAKE) -C test/brokers BROKERS="$(BROKERS)"
 
 # The example publisher the tests load (test/modules/outbox_flaky).

@@ -146,7 +146,7 @@ adapt_to_compiler() {
 compile() {
     local major=$1 dir=$2 build inc rc=0
     build=$(mktemp -d "${TMPDIR:-/tmp}/outbox-compile-$major.XXXXXX")
-    (cd "$srcdir" && tar cf - Makefile outbox.control sql src test/modules) | (cd "$build" && tar xf -)
+    (cd "$srcdir" && tar cf - Makefile pg-build.mk outbox.control sql src test/modules) | (cd "$build" && tar xf -)
     inc=$build/staged-include/extension/outbox
     mkdir -p "$inc"
     cp -- "$srcdir/src/outbox_publisher.h" "$inc/"
