@@ -33,7 +33,10 @@
 #   --without-icu --without-readline
 #                         lean: the suites use the C locale and psql only
 #                         non-interactively
+#   --with-lz4            lz4 TOAST compression, as Debian's packages have
+#                         (test/pgtap/bad_input.sql stores lz4-compressed payloads)
 #   zlib (the default)    pg_dump's compressed formats
+#   contrib_modules       the contrib modules the suites load (auto_explain)
 # pg_isolation_regress, pg_regress, pg_dump, pgbench and psql come with the
 # core build.
 #
@@ -57,7 +60,9 @@ major=${1:-18}
 jobs=${OUTBOX_PG_JOBS:-$(nproc 2>/dev/null || echo 2)}
 suite=${OUTBOX_PG_SUITE:-sid}
 
-configure_flags=(--enable-tap-tests --enable-cassert --enable-debug --without-icu --without-readline)
+configure_flags=(--enable-tap-tests --enable-cassert --enable-debug --with-lz4 --without-icu --without-readline)
+# The contrib modules the suites load (066_stale_statistics: auto_explain).
+contrib_modules=(auto_explain)
 # Debian's patches that are not applied: they move files into Debian's
 # per-version directories and sockets into /var/run/postgresql, which a
 # private prefix must not do.
@@ -69,7 +74,7 @@ log() { printf 'build-postgres: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 cache=$(outbox_cache_dir)
-flags_id="rev=$build_revision flags=${configure_flags[*]} skip=${skip_patches[*]}"
+flags_id="rev=$build_revision flags=${configure_flags[*]} contrib=${contrib_modules[*]} skip=${skip_patches[*]}"
 stamp_name=.outbox-build
 
 # stamp_ok PREFIX [DEBVERSION]: the build in PREFIX is complete, made with
@@ -178,6 +183,10 @@ make -s -j"$jobs" >"$work/make.log" 2>&1 ||
 stage=$work/stage
 make -s install DESTDIR="$stage" >"$work/install.log" 2>&1 ||
     { tail -n 40 "$work/install.log" >&2; die "make install failed (log: $work/install.log)"; }
+for m in "${contrib_modules[@]}"; do
+    make -s -C "contrib/$m" -j"$jobs" install DESTDIR="$stage" >>"$work/install.log" 2>&1 ||
+        { tail -n 40 "$work/install.log" >&2; die "contrib/$m failed (log: $work/install.log)"; }
+done
 log "PostgreSQL built in $(( SECONDS - start ))s"
 
 # Move the staged installation into place; PostgreSQL finds its directories
@@ -189,6 +198,9 @@ pgxs_test=$("$pg_config" --pkglibdir)/pgxs/src/test
 for f in "$prefix"/bin/{postgres,initdb,psql,pg_dump,pgbench} "$pgxs_test"/isolation/pg_isolation_regress \
          "$pgxs_test"/regress/pg_regress "$pgxs_test"/perl/PostgreSQL/Test/Cluster.pm; do
     [[ -e $f ]] || die "the build has no $f"
+done
+for m in "${contrib_modules[@]}"; do
+    [[ -e $("$pg_config" --pkglibdir)/$m.so ]] || die "the build has no contrib module $m"
 done
 
 # ---------------------------------------------------------------- 3. pgTAP

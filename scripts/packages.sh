@@ -14,7 +14,7 @@
 #   demo      build + the PostgreSQL 15 server (make demo)
 #   test      demo + what every suite of make test needs, the broker
 #             plug-ins' client libraries and the brokers' servers included
-#   bench     PgQ and Python's PostgreSQL driver (bench/run.sh)
+#   bench     demo + PgQ and Python's PostgreSQL driver (bench/run.sh)
 #   pgbuild   building PostgreSQL from Debian's source package
 #             (scripts/build-postgres.sh)
 #   deb       building outbox's Debian package (scripts/test-deb.sh)
@@ -36,7 +36,7 @@ outbox_packages_test=(postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
     python3 python3-psycopg2 openssl
     librdkafka-dev libnats-dev nats-server librabbitmq-dev rabbitmq-server libhiredis-dev redis-server)
 outbox_packages_bench=(postgresql-15-pgq3 python3 python3-psycopg2)
-outbox_packages_pgbuild=(build-essential dpkg-dev bison flex perl libipc-run-perl zlib1g-dev
+outbox_packages_pgbuild=(build-essential dpkg-dev bison flex perl libipc-run-perl zlib1g-dev liblz4-dev
     bzip2 xz-utils patch debian-archive-keyring)
 outbox_packages_deb=(dpkg-dev debhelper postgresql-server-dev-all fakeroot)
 
@@ -49,7 +49,8 @@ outbox_packages() {
             demo) names+=("${outbox_packages_build[@]}" "${outbox_packages_demo[@]}") ;;
             test) names+=("${outbox_packages_build[@]}" "${outbox_packages_demo[@]}"
                           "${outbox_packages_test[@]}") ;;
-            bench) names+=("${outbox_packages_bench[@]}") ;;
+            bench) names+=("${outbox_packages_build[@]}" "${outbox_packages_demo[@]}"
+                           "${outbox_packages_bench[@]}") ;;
             pgbuild) names+=("${outbox_packages_pgbuild[@]}") ;;
             deb) names+=("${outbox_packages_deb[@]}") ;;
             ci) for g in test bench pgbuild deb; do
