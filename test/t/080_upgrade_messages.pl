@@ -7,8 +7,9 @@
 # the installed scripts offer, so a new version is covered without editing
 # this test), in a database of its own, with the current library preloaded:
 #
-#  1. CREATE EXTENSION outbox VERSION 'old', with the relay worker paused
-#     (outbox.enabled = off), and messages in every state: processed;
+#  1. CREATE EXTENSION outbox VERSION 'old'; the current library serves it:
+#     a message saved now is published; then, with the relay worker paused
+#     (outbox.enabled = off), messages in every state: processed;
 #     claimed by fetch_pending() in a session that stays and in one that
 #     will go away; failed (max_retries reached); pending in backoff (one
 #     failed attempt, the next due in 5 - 10 minutes); pending, two of them
@@ -41,7 +42,6 @@ my $node = OutboxTest::new_node(
 	extension_in => [],
 	wait_worker => 0,
 	conf => qq{
-outbox.enabled = off
 outbox.poll_interval = '100ms'
 outbox.max_retries = 2
 outbox.retry_backoff = '10min'
@@ -86,6 +86,18 @@ for my $version (@from)
 	my $listener = OutboxTest::Listener->new($node, $db, 'upg');
 	my %id;
 
+	# The current library with the old version's objects: it publishes.
+	$id{old_schema} = $save->('k-old', 'saved before the update');
+	ok(OutboxTest::poll_until($node, $db, "SELECT status FROM outbox.messages WHERE id = '$id{old_schema}'", 'processed'),
+		"$version: the current library publishes a message saved under $version");
+	ok($listener->wait_for_id($id{old_schema}), "$version: its notification arrives");
+	# Paused from here on.  A restart, not a reload: once the server is back,
+	# no worker can still be publishing under the old setting.
+	$listener->quit;
+	$node->safe_psql('postgres', 'ALTER SYSTEM SET outbox.enabled = off');
+	$node->restart;
+	$listener = OutboxTest::Listener->new($node, $db, 'upg');
+
 	$id{processed} = $save->('k-processed', 'processed');
 	is($sql->('SELECT id FROM outbox.fetch_pending(1)'), $id{processed},
 		"$version: fetch_pending claims the first message");
@@ -123,7 +135,7 @@ for my $version (@from)
 	$id{pending_nokey} = $save->(undef, 'pending without key');
 
 	is( $sql->("SELECT string_agg(status || '/' || retries, ' ' ORDER BY id) FROM outbox.messages"),
-		'processed/0 processing/0 processing/0 failed/2 pending/1 pending/0 pending/0 pending/0 pending/0',
+		'processed/0 processed/0 processing/0 processing/0 failed/2 pending/1 pending/0 pending/0 pending/0 pending/0',
 		"$version: a message in every state");
 	my $before = $sql->("SELECT $row_columns FROM outbox.messages ORDER BY id");
 
@@ -187,8 +199,6 @@ for my $version (@from)
 	my ($second) = grep { $order[$_] eq $id{pending_2} } 0 .. $#order;
 	ok($first < $second, "$version: the two messages of one key arrive in order");
 	$listener->quit;
-
-	OutboxTest::set_conf($node, 'outbox.enabled' => 'off');
 }
 
 $node->stop;
