@@ -109,13 +109,20 @@ sub schema_dump
 	my ($db) = @_;
 	my $copy = 'dump_copy_' . ++$copies;
 	$node->safe_psql('postgres', qq{CREATE DATABASE "$copy" TEMPLATE "$db"});
+	# Array types and the row types of tables and views go with their
+	# owner (PostgreSQL 18 lists them as members too).
 	my $release = $node->safe_psql(
 		$copy, q{
 SELECT string_agg(format('ALTER EXTENSION outbox DROP %s %s;', o.type, o.identity), E'\n')
 FROM pg_depend d, pg_identify_object(d.classid, d.objid, d.objsubid) o
 WHERE d.refclassid = 'pg_extension'::regclass
   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'outbox')
-  AND d.deptype = 'e'});
+  AND d.deptype = 'e'
+  AND NOT (d.classid = 'pg_type'::regclass
+           AND EXISTS (SELECT 1 FROM pg_type t
+                       WHERE t.oid = d.objid
+                         AND (t.typrelid <> 0
+                              OR EXISTS (SELECT 1 FROM pg_type b WHERE b.typarray = t.oid))))});
 	$node->safe_psql($copy, $release) if $release ne '';
 	my ($stdout, $stderr);
 	IPC::Run::run(
