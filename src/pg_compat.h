@@ -5,9 +5,11 @@
  *		(15 to 19), in one place.
  *
  * The code is written against the newest API; for older servers this
- * header provides the newer calls in terms of the older ones.  A call site
- * needs no #if: it includes this header (after postgres.h) and calls the
- * newest spelling.  When support for a version is dropped, its section goes.
+ * header provides the newer calls in terms of the older ones (a macro of the
+ * newer signature calling an inline function that calls the older one).  A
+ * call site needs no #if: it includes this header (after postgres.h) and
+ * calls the newest spelling.  When support for a version is dropped, its
+ * section goes.
  *
  * src/pg_compat.h
  *
@@ -55,8 +57,13 @@ object_ownercheck(Oid classid, Oid objectid, Oid roleid)
 }
 
 /* 15 has no soft errors here: the string must parse (or it raises). */
+static inline List *
+outbox_compat_stringToQualifiedNameList(const char *string)
+{
+	return stringToQualifiedNameList(string);
+}
 #define stringToQualifiedNameList(string, escontext) \
-	stringToQualifiedNameList(string)
+	outbox_compat_stringToQualifiedNameList(string)
 
 #endif							/* PG_VERSION_NUM < 160000 */
 
@@ -66,9 +73,15 @@ object_ownercheck(Oid classid, Oid objectid, Oid roleid)
  * older versions always do.
  */
 #if PG_VERSION_NUM < 170000
+static inline JsonLexContext *
+outbox_compat_makeJsonLexContextCstringLen(char *json, int len, int encoding,
+										   bool need_escapes)
+{
+	return makeJsonLexContextCstringLen(json, len, encoding, need_escapes);
+}
 #define makeJsonLexContextCstringLen(lex, json, len, encoding, need_escapes) \
 	(AssertMacro((lex) == NULL), \
-	 makeJsonLexContextCstringLen(json, len, encoding, need_escapes))
+	 outbox_compat_makeJsonLexContextCstringLen(json, len, encoding, need_escapes))
 #endif
 
 /*
@@ -100,12 +113,22 @@ outbox_b64_decode(const char *src, int len, void *dst, int dstlen)
  * what it found (FGC_* flags); before, it had none, and the flags read 0.
  */
 #if PG_VERSION_NUM < 190000
+static inline FuncCandidateList
+outbox_compat_FuncnameGetCandidates(List *names, int nargs, List *argnames,
+									bool expand_variadic, bool expand_defaults,
+									bool include_out_arguments, bool missing_ok,
+									int *fgc_flags)
+{
+	*fgc_flags = 0;
+	return FuncnameGetCandidates(names, nargs, argnames, expand_variadic,
+								 expand_defaults, include_out_arguments, missing_ok);
+}
 #define FuncnameGetCandidates(names, nargs, argnames, expand_variadic, \
 							  expand_defaults, include_out_arguments, \
 							  missing_ok, fgc_flags) \
-	(*(fgc_flags) = 0, \
-	 FuncnameGetCandidates(names, nargs, argnames, expand_variadic, \
-						   expand_defaults, include_out_arguments, missing_ok))
+	outbox_compat_FuncnameGetCandidates(names, nargs, argnames, expand_variadic, \
+										expand_defaults, include_out_arguments, \
+										missing_ok, fgc_flags)
 #endif
 
 #endif							/* OUTBOX_PG_COMPAT_H */
