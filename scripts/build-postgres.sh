@@ -50,6 +50,8 @@
 #
 # Needs the packages of group pgbuild (bash scripts/packages.sh ensure pgbuild).
 set -euo pipefail
+# The build is root's, and the suites run it as the postgres user.
+umask 022
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/debian-apt.sh
