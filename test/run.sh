@@ -394,8 +394,12 @@ suite_tap() {
     mkdir -p "$base"
     # What PGXS's prove_installcheck sets up: TESTDIR (output goes to
     # $TESTDIR/tmp_check), PATH with the server binaries first, PG_REGRESS
-    # (Cluster->init uses it for --config-auth).
+    # (Cluster->init uses it for --config-auth).  From PostgreSQL 17 on the
+    # framework takes its directories from TESTDATADIR and TESTLOGDIR instead
+    # (else tmp_check and log in the current directory); they name the same
+    # ones.
     export TESTDIR=$base
+    export TESTDATADIR=$base/tmp_check TESTLOGDIR=$base/tmp_check/log
     export PG_REGRESS=$pgxs_test/regress/pg_regress
     trap 'exit 130' INT
     trap 'exit 143' TERM
