@@ -59,7 +59,9 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -292,6 +294,8 @@ now_ms(void)
 }
 
 /* printf into a fixed buffer; safe in any thread. */
+static void set_text(char *buf, const char *fmt,...) pg_attribute_printf(2, 3);
+
 static void
 set_text(char *buf, const char *fmt,...)
 {
@@ -344,29 +348,27 @@ parse_server(const char *url, AmqpServer *server, bool use_malloc)
 {
 	char	   *copy = pstrdup(url);
 	struct amqp_connection_info info;
-	const char *authority;
-	const char *end;
-	const char *at;
-
 	const char *problem = NULL;
 
 	if (pg_strncasecmp(url, "amqp://", 7) != 0 && pg_strncasecmp(url, "amqps://", 8) != 0)
 		problem = "A server URL must start with amqp:// or amqps://.";
 	else
 	{
-		authority = strstr(url, "//") + 2;
-		end = authority + strcspn(authority, "/?#");
-		at = memchr(authority, '@', end - authority);
-		if (at != NULL)
+		const char *authority = strstr(url, "//") + 2;
+		const char *end = authority + strcspn(authority, "/?#");
+
+		if (memchr(authority, '@', end - authority) != NULL)
 			problem = "A server URL must not contain a user name or password: use outbox.amqp_username and outbox.amqp_password.";
 		else if (strpbrk(url, "?#") != NULL)
 			problem = "A server URL must not have a query or fragment part.";
 	}
 	if (problem == NULL)
 	{
+		char	   *p;
+
 		/* librabbitmq takes the scheme in lower case only. */
-		for (char *p = copy; *p && *p != ':'; p++)
-			*p = pg_ascii_tolower((unsigned char) *p);
+		for (p = copy; *p && *p != ':'; p++)
+			*p = (char) pg_ascii_tolower((unsigned char) *p);
 		if (amqp_parse_url(copy, &info) != AMQP_STATUS_OK || info.host == NULL || info.host[0] == '\0')
 			problem = "A server URL could not be parsed (amqp://host[:port][/vhost], the vhost percent-encoded, %2f for \"/\").";
 		else if (info.port <= 0 || info.port > 65535)
@@ -383,11 +385,29 @@ parse_server(const char *url, AmqpServer *server, bool use_malloc)
 		server->tls = info.ssl != 0;
 		if (use_malloc)
 		{
+			StringInfoData text;
+
 			server->host = strdup(info.host);
 			server->vhost = strdup(info.vhost);
-			server->text = psprintf("%s://%s:%d/%s", server->tls ? "amqps" : "amqp",
-									info.host, info.port, info.vhost);
-			server->text = strdup(server->text);
+			/* For messages: the URL without the default vhost, else percent-encoded. */
+			initStringInfo(&text);
+			appendStringInfo(&text, "%s://%s:%d", server->tls ? "amqps" : "amqp",
+							 info.host, info.port);
+			if (strcmp(info.vhost, "/") != 0)
+			{
+				const char *p;
+
+				appendStringInfoChar(&text, '/');
+				for (p = info.vhost; *p; p++)
+				{
+					if (isalnum((unsigned char) *p) || strchr("-._~", *p))
+						appendStringInfoChar(&text, *p);
+					else
+						appendStringInfo(&text, "%%%02X", (unsigned char) *p);
+				}
+			}
+			server->text = strdup(text.data);
+			pfree(text.data);
 		}
 		else
 		{
@@ -639,15 +659,17 @@ describe_reply(char *buf, amqp_rpc_reply_t reply)
 	}
 }
 
+static void link_fail(AmqpLink *lk, const char *fmt,...) pg_attribute_printf(2, 3);
+
 /* Record why the connection is gone (the first reason only). */
 static void
 link_fail(AmqpLink *lk, const char *fmt,...)
 {
-	va_list		ap;
-
 	pthread_mutex_lock(&shared_lock);
 	if (lk->state != LINK_DEAD)
 	{
+		va_list		ap;
+
 		va_start(ap, fmt);
 		vsnprintf(lk->error, ERROR_TEXT_LEN, fmt, ap);
 		va_end(ap);
@@ -878,13 +900,13 @@ confirm(AmqpJob *job, uint64_t first_tag, const int *sent_order, int nsent,
 		int *floor, uint64_t tag, bool multiple, bool ack)
 {
 	int			settled = 0;
-	int			k;
 
 	if (job == NULL || tag < first_tag)
 		return 0;
 	if (multiple)
 	{
 		uint64_t	last = Min(tag - first_tag, (uint64_t) nsent - 1);
+		int			k;
 
 		if (nsent == 0)
 			return 0;
@@ -1375,6 +1397,75 @@ run_job(AmqpLink *lk, AmqpJob *job)
 }
 
 /*
+ * librabbitmq reports a failed TCP connection as "a socket error
+ * occurred": find out why (name resolution, refused, unreachable) with a
+ * connection of our own, for a useful message.
+ */
+static void
+diagnose_connect(const char *host, int port, int timeout_ms, char *buf)
+{
+	struct addrinfo hints;
+	struct addrinfo *addrs = NULL;
+	struct addrinfo *a;
+	char		service[16];
+	int			rc;
+	int			last_errno = 0;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	snprintf(service, sizeof(service), "%d", port);
+	rc = getaddrinfo(host, service, &hints, &addrs);
+	if (rc != 0)
+	{
+		set_text(buf, "could not resolve \"%s\": %s", host, gai_strerror(rc));
+		return;
+	}
+	for (a = addrs; a; a = a->ai_next)
+	{
+		int			fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+								a->ai_protocol);
+		struct pollfd pfd;
+		int			err = 0;
+		socklen_t	len = sizeof(err);
+
+		if (fd < 0)
+		{
+			last_errno = errno;
+			continue;
+		}
+		if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
+		{
+			close(fd);
+			last_errno = 0;
+			break;
+		}
+		if (errno != EINPROGRESS)
+		{
+			last_errno = errno;
+			close(fd);
+			continue;
+		}
+		pfd.fd = fd;
+		pfd.events = POLLOUT;
+		rc = poll(&pfd, 1, timeout_ms);
+		if (rc == 0)
+			err = ETIMEDOUT;
+		else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+			err = errno;
+		close(fd);
+		last_errno = err;
+		if (err == 0)
+			break;
+	}
+	freeaddrinfo(addrs);
+	if (last_errno != 0)
+		set_text(buf, "%s", strerror(last_errno));
+	else
+		set_text(buf, "the connection failed (it works now)");
+}
+
+/*
  * Connect to one server, log in, open the publishing channel in confirm
  * mode.  Returns false with the reason in buf.
  */
@@ -1439,6 +1530,11 @@ connect_server(AmqpLink *lk, const AmqpServer *server, char *buf)
 	tv.tv_sec = cfg->timeout_ms / 1000;
 	tv.tv_usec = (cfg->timeout_ms % 1000) * 1000;
 	rc = amqp_socket_open_noblock(sock, server->host, server->port, &tv);
+	if (rc == AMQP_STATUS_SOCKET_ERROR || rc == AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED)
+	{
+		diagnose_connect(server->host, server->port, cfg->timeout_ms, buf);
+		return false;
+	}
 	if (rc != AMQP_STATUS_OK)
 	{
 		set_text(buf, "%s", amqp_error_string2(rc));
@@ -1627,7 +1723,6 @@ link_main(void *arg)
 	}
 
 	pthread_mutex_lock(&shared_lock);
-	abandoned = lk->abandoned;
 	connected = connected && lk->state != LINK_DEAD;
 	if (lk->state != LINK_DEAD)
 	{
@@ -1702,9 +1797,12 @@ strdup_or_error(const char *s)
 	return copy;
 }
 
-/* The settings, copied for a new connection's thread. */
-static AmqpConfig *
-build_config(void)
+/*
+ * Copy the settings for a new connection's thread into lk->config (set
+ * first, so that free_link() frees a partial copy after an error).
+ */
+static void
+build_config(AmqpLink *lk)
 {
 	AmqpConfig *cfg;
 	char	  **entries;
@@ -1717,6 +1815,7 @@ build_config(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory")));
+	lk->config = cfg;
 	cfg->servers = calloc(Max(n, 1), sizeof(AmqpServer));
 	if (cfg->servers == NULL)
 		ereport(ERROR,
@@ -1724,9 +1823,16 @@ build_config(void)
 				 errmsg("out of memory")));
 	for (i = 0; i < n; i++)
 	{
+		AmqpServer *server = &cfg->servers[cfg->nservers];
+
 		/* The check hook accepted the list. */
-		if (parse_server(entries[i], &cfg->servers[cfg->nservers], true) == NULL)
-			cfg->nservers++;
+		if (parse_server(entries[i], server, true) != NULL)
+			continue;
+		cfg->nservers++;
+		if (server->host == NULL || server->vhost == NULL || server->text == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory")));
 	}
 	cfg->first = next_first_server % Max(cfg->nservers, 1);
 	cfg->username = strdup_or_error(amqp_username);
@@ -1735,7 +1841,6 @@ build_config(void)
 	cfg->cert_file = strdup_or_error(amqp_cert_file);
 	cfg->key_file = strdup_or_error(amqp_key_file[0] ? amqp_key_file : amqp_cert_file);
 	cfg->timeout_ms = amqp_timeout;
-	return cfg;
 }
 
 /* Make the wake-up pipes non-blocking and close-on-exec. */
@@ -1760,11 +1865,12 @@ start_link(void)
 	pthread_t	thread;
 	sigset_t	saved;
 	int			rc;
-	int			i;
 
 	Assert(current == NULL);
 	if (!fds_reserved)
 	{
+		int			i;
+
 		for (i = 0; i < FDS_RESERVED; i++)
 			ReserveExternalFD();
 		fds_reserved = true;
@@ -1782,7 +1888,7 @@ start_link(void)
 	lk->state = LINK_CONNECTING;
 	PG_TRY();
 	{
-		lk->config = build_config();
+		build_config(lk);
 		make_pipe(lk->cmd_fds);
 	}
 	PG_CATCH();
@@ -2117,7 +2223,6 @@ static AmqpJob *
 build_job(OutboxMessage *messages, int nmessages, OutboxPublishResult *results, int frame_max)
 {
 	AmqpJob    *job = calloc(1, sizeof(AmqpJob));
-	int			i;
 
 	if (job == NULL)
 		ereport(ERROR,
@@ -2126,6 +2231,8 @@ build_job(OutboxMessage *messages, int nmessages, OutboxPublishResult *results, 
 	init_amqp_pool(&job->pool, 64 * 1024);
 	PG_TRY();
 	{
+		int			i;
+
 		job->out = amqp_pool_alloc(&job->pool, sizeof(AmqpOut) * Max(nmessages, 1));
 		if (job->out == NULL)
 			ereport(ERROR,

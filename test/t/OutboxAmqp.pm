@@ -349,9 +349,19 @@ sub dump
 
 =pod
 
+=item $mq->source($queue)
+
+An OutboxChecker source over the queue (see OutboxAmqp::Source).
+
 =back
 
 =cut
+
+sub source
+{
+	my ($self, $queue) = @_;
+	return OutboxAmqp::Source->new($self, $queue);
+}
 
 END
 {
@@ -366,6 +376,72 @@ END
 		}
 	}
 	$? = $rc;
+}
+
+##########################################################################
+
+package OutboxAmqp::Source;
+
+=pod
+
+=head1 OutboxAmqp::Source
+
+A consumer source for OutboxChecker: the messages of a queue, in queue
+order, deduplicated on message-id (a consumer of an at-least-once
+publisher keeps the first copy).  After deliveries(), raw_count and
+duplicates tell how many messages the queue held and how many of them
+were extra copies.
+
+=cut
+
+use strict;
+use warnings;
+
+use JSON::PP;
+
+sub new
+{
+	my ($class, $mq, $queue) = @_;
+	return bless { mq => $mq, queue => $queue, raw_count => 0, duplicates => 0 }, $class;
+}
+
+sub name { return "queue $_[0]{queue} (deduplicated on message-id)" }
+sub ordered { return 1 }
+sub epochs { return 1 }
+sub completeness { return 'every committed message' }
+sub raw_count { return $_[0]{raw_count} }
+sub duplicates { return $_[0]{duplicates} }
+
+sub deliveries
+{
+	my ($self) = @_;
+	my (%seen, @d);
+	my @raw = $self->{mq}->dump($self->{queue});
+	my $json = JSON::PP->new;
+	for my $m (@raw)
+	{
+		next if $seen{ $m->{message_id} // '' }++;
+		my $body = eval { $json->decode($m->{body}) } // {};
+		push @d,
+		  {
+			id => $m->{message_id},
+			key => $body->{k},
+			seq => $body->{s},
+			token => $body->{t},
+			epoch => 1,
+		  };
+	}
+	$self->{raw_count} = scalar @raw;
+	$self->{duplicates} = scalar(@raw) - scalar(@d);
+	return \@d;
+}
+
+sub required_ids
+{
+	my ($self, $checker, $ledger, $statuses) = @_;
+	return map { [ $_, undef ] }
+	  grep { ($statuses->{$_} // 'processed') eq 'processed' }
+	  keys %{ $ledger->{by_id} };
 }
 
 1;
