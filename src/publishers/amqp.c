@@ -17,8 +17,7 @@
  * both).  Its body is the payload; message-id is the message id,
  * timestamp its created_at (seconds), content-type its "content-type"
  * header when it has one; its headers go into the AMQP headers table
- * (as long strings), with outbox-id, outbox-topic, outbox-key and
- * outbox-created-at.
+ * (as long strings), with outbox-topic and outbox-key.
  *
  * The channel is in confirm mode: a message is OK only once the broker
  * acknowledged it (basic.ack).  A basic.nack, a basic.return (mandatory:
@@ -76,7 +75,6 @@
 #include <amqp_tcp_socket.h>
 #include <openssl/ssl.h>
 
-#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -84,7 +82,6 @@
 #include "storage/latch.h"
 #include "utils/elog.h"
 #include "utils/guc.h"
-#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -2039,9 +2036,13 @@ pool_bytes(AmqpJob *job, const char *data, size_t len)
 	return b;
 }
 
-/* Headers this publisher sets itself. */
+/*
+ * Headers this publisher sets itself.  The id and created_at travel as the
+ * message-id and timestamp properties: every header entry costs the
+ * broker (RabbitMQ decodes the headers table of every message it takes).
+ */
 static const char *const own_headers[] = {
-	"outbox-id", "outbox-topic", "outbox-key", "outbox-created-at", NULL
+	"outbox-topic", "outbox-key", NULL
 };
 
 /* Whether name is one of own_headers, ignoring case. */
@@ -2099,7 +2100,6 @@ prepare_message(AmqpJob *job, int k, const OutboxMessage *m, OutboxPublishResult
 	AmqpOut    *o = &job->out[k];
 	char	   *exchange = expand_template(amqp_exchange, m->topic);
 	char	   *routing_key = expand_template(amqp_routing_key, m->topic);
-	char	   *created_at;
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken token;
@@ -2162,15 +2162,10 @@ prepare_message(AmqpJob *job, int k, const OutboxMessage *m, OutboxPublishResult
 		result->error = problem;
 		return false;
 	}
-	created_at = JsonEncodeDateTime(NULL, TimestampTzGetDatum(m->created_at), TIMESTAMPTZOID, NULL);
-	names[nheaders] = "outbox-id";
-	values[nheaders++] = (char *) m->id_text;
 	names[nheaders] = "outbox-topic";
 	values[nheaders++] = (char *) m->topic;
 	names[nheaders] = "outbox-key";
 	values[nheaders++] = (char *) m->key;
-	names[nheaders] = "outbox-created-at";
-	values[nheaders++] = created_at;
 
 	/* Properties must fit in the content header frame. */
 	props_size = HEADER_FRAME_OVERHEAD + 1 + strlen(m->id_text) + 8 + 1 + 4 +
