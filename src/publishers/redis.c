@@ -31,11 +31,13 @@
  *	   first.  That is common, not an error: transactions commit in another
  *	   order than they took their ids, and under per-key ordering the
  *	   worker publishes a batch in waves (the second message of a key after
- *	   the first messages of all keys) and retries a failed message after
- *	   newer ones of other keys went out.  A late message is added just
- *	   above the stream's top (id "<top ms>-*"), and its id is remembered in
- *	   a sorted set "<stream>:outbox-late" for outbox.redis_dedupe_window,
- *	   where step 2 looks for it next time.
+ *	   the first messages of all keys, and messages without a key all in
+ *	   the first wave) and retries a failed message after newer ones of
+ *	   other keys went out.  A late message is added just above the
+ *	   stream's top, in its own millisecond or the top's ("<ms>-*", so the
+ *	   stream's ids stay on this server's clock, not Redis'), and its id is
+ *	   remembered in a sorted set "<stream>:outbox-late" for
+ *	   outbox.redis_dedupe_window, where step 2 looks for it next time.
  * So a message is in its stream once, unless it is published again after
  * its entry was trimmed away (MAXLEN, XDEL, a deleted stream) or, when it
  * was late, after the dedupe window.  Ids that are not UUIDv7, or whose
@@ -173,16 +175,22 @@ static const char add_script[] =
 "if redis.call('ZSCORE', late, msgid) then\n"
 "  return {'', 1}\n"
 "end\n"
-"local top = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)\n"
-"if failed(top) then\n"
-"  return top\n"
-"end\n"
 "local r = nil\n"
-"if #top == 1 then\n"
-"  r = add(string.match(top[1][1], '^%d+') .. '-*')\n"
+"if cand ~= '' then\n"
+"  r = add(string.match(cand, '^%d+') .. '-*')\n"
 "end\n"
 "if r == nil or failed(r) then\n"
-"  r = add('*')\n"
+"  local top = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)\n"
+"  if failed(top) then\n"
+"    return top\n"
+"  end\n"
+"  r = nil\n"
+"  if #top == 1 then\n"
+"    r = add(string.match(top[1][1], '^%d+') .. '-*')\n"
+"  end\n"
+"  if r == nil or failed(r) then\n"
+"    r = add('*')\n"
+"  end\n"
 "end\n"
 "if failed(r) then\n"
 "  return r\n"
