@@ -98,6 +98,9 @@ void		_PG_init(void);
 /* How long a batch waits for a connection being made before it is left pending. */
 #define CONNECT_WAIT_MS		1000
 
+/* How long confirms may still come once the broker blocked the connection. */
+#define BLOCKED_GRACE_MS	1000
+
 /* Grace after outbox.amqp_timeout before the worker cuts a stuck connection off. */
 #define STUCK_GRACE_MS		1000
 
@@ -1249,6 +1252,7 @@ run_job(AmqpLink *lk, AmqpJob *job)
 	JobRun		run;
 	int			next = 0;
 	int			since_read = 0;
+	int64		blocked_at = 0;
 	bool		alive = true;
 	bool		stop = false;
 	int			i;
@@ -1277,6 +1281,8 @@ run_job(AmqpLink *lk, AmqpJob *job)
 		pthread_mutex_unlock(&shared_lock);
 		if (cancel)
 			break;
+		if (blocked && blocked_at == 0)
+			blocked_at = now_ms();
 		stop = stop || blocked || run.channel_lost;
 
 		/* Publish while the window has room. */
@@ -1329,6 +1335,7 @@ run_job(AmqpLink *lk, AmqpJob *job)
 		{
 			int64		now = now_ms();
 			int64		oldest = INT64_MAX;
+			int64		deadline;
 
 			for (i = run.floor; i < run.nsent; i++)
 			{
@@ -1340,14 +1347,22 @@ run_job(AmqpLink *lk, AmqpJob *job)
 					break;
 				}
 			}
-			if (oldest != INT64_MAX && now - oldest >= job->timeout_ms)
+			/*
+			 * A blocked broker does not read what we sent after its block
+			 * until it lifts it: give its confirms a moment, then let those
+			 * messages go back to pending, uncounted.
+			 */
+			deadline = oldest == INT64_MAX ? now : oldest + job->timeout_ms;
+			if (blocked_at != 0)
+				deadline = Min(deadline, blocked_at + BLOCKED_GRACE_MS);
+			if (oldest != INT64_MAX && now >= deadline)
 			{
 				for (i = run.floor; i < run.nsent; i++)
 				{
 					AmqpOut    *o = &job->out[run.sent_order[i]];
 
 					if (o->outcome == OUT_SENT)
-						o->outcome = OUT_TIMEOUT;
+						o->outcome = blocked_at != 0 ? OUT_BYSTANDER : OUT_TIMEOUT;
 				}
 				run.inflight = 0;
 				run.floor = run.nsent;
@@ -1355,7 +1370,7 @@ run_job(AmqpLink *lk, AmqpJob *job)
 				stop = true;
 				continue;
 			}
-			alive = wait_and_read(lk, &run, (int) Min(WAIT_SLICE_MS, oldest + job->timeout_ms - now));
+			alive = wait_and_read(lk, &run, (int) Min(WAIT_SLICE_MS, deadline - now));
 		}
 		else if (stop)
 			break;

@@ -16,7 +16,8 @@
 #    refusal is the message's last_error and the others of the batch are
 #    delivered (those in flight with it at least once); over outbox.amqp_max_message_size, or with headers that do
 #    not fit in one frame, the message fails at once with the reason; a
-#    header the publisher sets itself is refused.
+#    header the publisher sets itself is refused;
+#  - a memory alarm (connection.blocked): messages wait until it is gone.
 
 use strict;
 use warnings;
@@ -247,6 +248,20 @@ like($stderr, qr/routing key would be 256 bytes; AMQP allows at most 255/, 'too 
 
 is( psql_value("SELECT count(*) FROM outbox.messages WHERE status = 'failed'"),
 	'3', 'nothing else failed');
+
+########################################################################
+# 6. A broker that blocks publishers (a memory alarm): batches wait.
+
+my $offset = OutboxTest::log_position($node);
+$mq->ctl('set_vm_memory_high_watermark', 'absolute', '1');
+my $blocked = psql_value(q{SELECT outbox.save('orders.blocked', '{"n": 1}'::jsonb)});
+ok( OutboxTest::wait_for_log_line($node,
+		qr/WARNING:  outbox amqp publisher: the broker blocked publishing \(connection\.blocked: low on memory\)/, $offset),
+	'the block is reported');
+my $state = OutboxTest::message_state($node, $blocked);
+is($state->{status} . '/' . $state->{retries}, 'pending/0', 'the message waits, untouched') or diag("last_error: $state->{error}");
+$mq->ctl('set_vm_memory_high_watermark', 'absolute', '2GB');
+ok(OutboxTest::wait_processed($node, $blocked), 'delivered once the alarm is gone');
 
 $node->stop;
 done_testing();

@@ -275,6 +275,27 @@ sub beam_running
 
 =pod
 
+=item $mq->ctl(@args)
+
+Run rabbitmqctl against this node (say, set_vm_memory_high_watermark);
+dies on failure, returns its output.
+
+=cut
+
+sub ctl
+{
+	my ($self, @args) = @_;
+	my %env = $self->env;
+	local @ENV{ keys %env } = values %env;
+	my ($stdout, $stderr);
+	IPC::Run::run([ '/usr/lib/rabbitmq/bin/rabbitmqctl', '-n', $self->{node}, @args ],
+		'<', '/dev/null', '>', \$stdout, '2>', \$stderr)
+	  or croak "rabbitmqctl @args failed: $stderr";
+	return $stdout;
+}
+
+=pod
+
 =item $mq->url, $mq->tls_url
 
 The URL for outbox.amqp_url (no credentials), plain or TLS ("localhost",
