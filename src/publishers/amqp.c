@@ -1732,6 +1732,17 @@ link_main(void *arg)
 		memset(&idle, 0, sizeof(idle));
 		if (!wait_and_read(lk, &idle, 1000))
 			break;
+		if (idle.channel_lost)
+		{
+			char		why[ERROR_TEXT_LEN];
+
+			/* A late error of an earlier job closed the publishing channel. */
+			if (!open_channel(lk, PUBLISH_CHANNEL, true, why))
+			{
+				link_fail(lk, "could not open the publishing channel again: %s", why);
+				break;
+			}
+		}
 	}
 
 	pthread_mutex_lock(&shared_lock);
