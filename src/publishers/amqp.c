@@ -1734,8 +1734,6 @@ link_main(void *arg)
 			break;
 		if (idle.channel_lost)
 		{
-			char		why[ERROR_TEXT_LEN];
-
 			/* A late error of an earlier job closed the publishing channel. */
 			if (!open_channel(lk, PUBLISH_CHANNEL, true, why))
 			{
