@@ -28,7 +28,9 @@
  *	   top item", looks at the entry with that id: if it holds this
  *	   message, the message was there already (a duplicate: OK);
  *	3. else the message is late: a message with a larger id was added
- *	   first.  That is common, not an error: transactions commit in another
+ *	   first.  If the stream's late set (below) holds its id, it was added
+ *	   late before: a duplicate too.  Being late is common, not an error:
+ *	   transactions commit in another
  *	   order than they took their ids, and under per-key ordering the
  *	   worker publishes a batch in waves (the second message of a key after
  *	   the first messages of all keys, and messages without a key all in
@@ -36,8 +38,9 @@
  *	   other keys went out.  A late message is added just above the
  *	   stream's top, in its own millisecond or the top's ("<ms>-*", so the
  *	   stream's ids stay on this server's clock, not Redis'), and its id is
- *	   remembered in a sorted set "<stream>:outbox-late" for
- *	   outbox.redis_dedupe_window, where step 2 looks for it next time.
+ *	   remembered in the sorted set "<stream>:outbox-late" (scored by
+ *	   the entry's millisecond; older ones are pruned) for
+ *	   outbox.redis_dedupe_window.
  * So a message is in its stream once, unless it is published again after
  * its entry was trimmed away (MAXLEN, XDEL, a deleted stream) or, when it
  * was late, after the dedupe window.  Ids that are not UUIDv7, or whose
