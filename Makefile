@@ -63,13 +63,15 @@ include pg-build.mk
 # ---------------------------------------------------------------- broker publishers
 
 # The broker publishers are plug-in libraries of their own (outbox_kafka,
-# outbox_nats; see src/publishers/kafka.mk and nats.mk), so that the core
-# never links a broker client.  Each is built when its client library is
-# installed (librdkafka-dev, libnats-dev); BROKERS="kafka nats" or BROKERS=
-# overrides the choice.
+# outbox_nats, outbox_amqp, outbox_redis; see src/publishers/<name>.mk), so
+# that the core never links a broker client.  Each is built when its client
+# library is installed (librdkafka-dev, libnats-dev, librabbitmq-dev,
+# libhiredis-dev); BROKERS="kafka nats" or BROKERS= overrides the choice.
 BROKERS ?= $(strip \
 	$(if $(shell pkg-config --exists rdkafka 2>/dev/null && echo y),kafka) \
-	$(if $(shell pkg-config --exists libnats 2>/dev/null && echo y),nats))
+	$(if $(shell pkg-config --exists libnats 2>/dev/null && echo y),nats) \
+	$(if $(shell pkg-config --exists librabbitmq 2>/dev/null && echo y),amqp) \
+	$(if $(shell pkg-config --exists hiredis 2>/dev/null && echo y),redis))
 
 .PHONY: brokers install-brokers clean-brokers
 all: brokers
@@ -85,7 +87,7 @@ install-brokers: brokers
 		$(MAKE) -f src/publishers/$$b.mk PG_CONFIG=$(PG_CONFIG) install || exit 1; \
 	done
 clean-brokers:
-	@for b in kafka nats; do \
+	@for b in kafka nats amqp redis; do \
 		$(MAKE) -f src/publishers/$$b.mk PG_CONFIG=$(PG_CONFIG) clean || exit 1; \
 	done
 
