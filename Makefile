@@ -19,15 +19,35 @@ OBJS = \
 	src/publishers/notify.o \
 	src/publishers/http.o \
 	src/publishers/function.o
-DATA = sql/outbox--0.1.0.sql sql/outbox--0.3.0.sql
+# Every version's full script and every update script: adding a version
+# is adding its two files (sql/outbox--NEW.sql, sql/outbox--OLD--NEW.sql)
+# and changing default_version in outbox.control.
+DATA = $(wildcard sql/outbox--*.sql)
 PGFILEDESC = "outbox - transactional outbox relay"
+EXTRA_CLEAN = .pg-build
 
 # The public header for third-party publishers.
 HEADERS_outbox = src/outbox_publisher.h
 
+# make installcheck: the suites through PGXS, as contrib modules run theirs,
+# against an installed and running server (see README, "make installcheck").
+#   REGRESS     the pgTAP tests (test/sql/pgtap.sql runs every test/pgtap/ file)
+#   ISOLATION   the isolation specs (test/specs, expected output in test/expected)
+#   TAP_TESTS   the Perl TAP tests (test/t), with their own throw-away clusters
+REGRESS = pgtap
+REGRESS_OPTS = --inputdir=test --load-extension=pgtap --load-extension=outbox
+ISOLATION = $(basename $(notdir $(wildcard test/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test --load-extension=outbox
+TAP_TESTS = 1
+# What the TAP tests build and load (the example publisher, the brokers'
+# helpers), built before installcheck runs.
+REGRESS_PREP = test-helpers
+
 PG_CONFIG ?= $(shell test -x /usr/lib/postgresql/15/bin/pg_config && \
 	echo /usr/lib/postgresql/15/bin/pg_config || echo pg_config)
-PG_CPPFLAGS = -I$(srcdir)/src
+# The extension's version, from outbox.control (the one place it is set).
+OUTBOX_VERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(dir $(lastword $(MAKEFILE_LIST)))outbox.control)
+PG_CPPFLAGS = -I$(srcdir)/src -DOUTBOX_VERSION='"$(OUTBOX_VERSION)"'
 # -Wextra, less unused-parameter: PostgreSQL's own headers and callback
 # signatures have unused parameters by design.
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter
@@ -41,16 +61,21 @@ include $(PGXS)
 # the project's headers changes.
 $(OBJS): $(wildcard src/*.h src/publishers/*.h)
 
+# Compiled again when PG_CONFIG names another installation (pg-build.mk).
+include pg-build.mk
+
 # ---------------------------------------------------------------- broker publishers
 
 # The broker publishers are plug-in libraries of their own (outbox_kafka,
-# outbox_nats; see src/publishers/kafka.mk and nats.mk), so that the core
-# never links a broker client.  Each is built when its client library is
-# installed (librdkafka-dev, libnats-dev); BROKERS="kafka nats" or BROKERS=
-# overrides the choice.
+# outbox_nats, outbox_amqp, outbox_redis; see src/publishers/<name>.mk), so
+# that the core never links a broker client.  Each is built when its client
+# library is installed (librdkafka-dev, libnats-dev, librabbitmq-dev,
+# libhiredis-dev); BROKERS="kafka nats" or BROKERS= overrides the choice.
 BROKERS ?= $(strip \
 	$(if $(shell pkg-config --exists rdkafka 2>/dev/null && echo y),kafka) \
-	$(if $(shell pkg-config --exists libnats 2>/dev/null && echo y),nats))
+	$(if $(shell pkg-config --exists libnats 2>/dev/null && echo y),nats) \
+	$(if $(shell pkg-config --exists librabbitmq 2>/dev/null && echo y),amqp) \
+	$(if $(shell pkg-config --exists hiredis 2>/dev/null && echo y),redis))
 
 .PHONY: brokers install-brokers clean-brokers
 all: brokers
@@ -66,11 +91,11 @@ install-brokers: brokers
 		$(MAKE) -f src/publishers/$$b.mk PG_CONFIG=$(PG_CONFIG) install || exit 1; \
 	done
 clean-brokers:
-	@for b in kafka nats; do \
+	@for b in kafka nats amqp redis; do \
 		$(MAKE) -f src/publishers/$$b.mk PG_CONFIG=$(PG_CONFIG) clean || exit 1; \
 	done
 
-.PHONY: test demo install-for-tests clean-test-modules
+.PHONY: test test-installed demo install-for-tests clean-test-modules
 
 # Install into the server's directories, through sudo when they are not ours.
 install-for-tests: all
@@ -81,15 +106,34 @@ install-for-tests: all
 	fi
 
 # The whole test suite: pgTAP, isolation and Perl TAP (see test/run.sh);
-# SUITES=pgtap (or isolation, tap) runs one.
-test: install-for-tests
-	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG)
-	$(MAKE) -C test/modules/outbox_testing PG_CONFIG=$(PG_CONFIG)
-	$(MAKE) -C test/brokers BROKERS="$(BROKERS)"
+# SUITES=pgtap (or isolation, tap) runs one.  It first installs the Debian
+# packages the suites need, as make demo does (scripts/packages.sh: with
+# apt-get as root, else it prints the sudo apt-get line and stops), then
+# builds in a new make, which sees what was just installed.
+test:
+	@bash scripts/packages.sh ensure test
+	@$(MAKE) --no-print-directory test-installed
+
+# The suites, once the packages are there.
+test-installed: install-for-tests test-helpers
 	PG_CONFIG=$(PG_CONFIG) bash test/run.sh $(or $(SUITES),all)
+
+# The TAP tests of installcheck are test/t/*.pl (PROVE_TESTS="t/..." picks
+# some, relative to test/ as for make test), with test/t's helper modules;
+# they run as an unprivileged user (PostgreSQL refuses root).
+installcheck: override PROVE_TESTS := $(addprefix test/,$(or $(PROVE_TESTS),t/*.pl))
+installcheck: PG_PROVE_FLAGS += -I $(srcdir)/test/t
+installcheck: export OUTBOX_SRCDIR := $(CURDIR)
+installcheck: export PG_CONFIG := $(PG_CONFIG)
 
 # The modules the tests load: the example publisher (test/modules/outbox_flaky)
 # and test-only functions (test/modules/outbox_testing).
+.PHONY: test-helpers
+test-helpers:
+	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG) clean all
+	$(MAKE) -C test/modules/outbox_testing PG_CONFIG=$(PG_CONFIG) clean all
+	$(MAKE) -C test/brokers BROKERS="$(BROKERS)"
+
 clean: clean-test-modules
 clean-test-modules:
 	$(MAKE) -C test/modules/outbox_flaky PG_CONFIG=$(PG_CONFIG) clean

@@ -32,32 +32,20 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 is_root() { [[ $(id -u) -eq 0 ]]; }
 
 # ------------------------------------------------------------------ packages
+# The packages come from the one list in scripts/packages.sh (group bench).
 # linux-perf is for the profile section only; it is skipped when missing.
-needed=(postgresql-15 postgresql-15-pgq3 python3 python3-psycopg2)
+# shellcheck source=scripts/packages.sh
+source "$here/../scripts/packages.sh"
+outbox_ensure_packages bench >/dev/null || exit 1
 optional=(linux-perf)
 installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
-if command -v dpkg-query >/dev/null 2>&1; then
-    missing=()
-    for p in "${needed[@]}"; do installed "$p" || missing+=("$p"); done
-    if (( ${#missing[@]} )); then
-        if ! is_root; then
-            echo "bench: missing packages: ${missing[*]}" >&2
-            echo "  sudo apt-get install -y ${missing[*]}" >&2
-            exit 1
-        fi
-        echo "bench: installing ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >/dev/null
-        apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
-    fi
-    if is_root && [[ $mode != smoke ]]; then
-        for p in "${optional[@]}"; do
-            installed "$p" && continue
-            echo "bench: installing $p (optional)"
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-                -o Dpkg::Use-Pty=0 "$p" >/dev/null 2>&1 || echo "bench: $p not installed; no perf profile"
-        done
-    fi
+if command -v dpkg-query >/dev/null 2>&1 && is_root && [[ $mode != smoke ]]; then
+    for p in "${optional[@]}"; do
+        installed "$p" && continue
+        echo "bench: installing $p (optional)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            -o Dpkg::Use-Pty=0 "$p" >/dev/null 2>&1 || echo "bench: $p not installed; no perf profile"
+    done
 fi
 
 # shellcheck source=bench/pg.sh

@@ -43,30 +43,10 @@ is_root() { [[ $(id -u) -eq 0 ]]; }
 
 # ------------------------------------------------------------------ packages
 step "checking packages"
-needed=(postgresql-15 postgresql-server-dev-15 build-essential libcurl4-openssl-dev)
-if command -v dpkg-query >/dev/null 2>&1; then
-    missing=()
-    for p in "${needed[@]}"; do
-        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
-            missing+=("$p")
-    done
-    if (( ${#missing[@]} )); then
-        if is_root; then
-            note "installing ${missing[*]} ..."
-            export DEBIAN_FRONTEND=noninteractive
-            apt-get update -q >/dev/null
-            apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-        else
-            echo "demo: missing packages: ${missing[*]}" >&2
-            echo "install them with:" >&2
-            echo "  sudo apt-get install -y ${missing[*]}" >&2
-            exit 1
-        fi
-    fi
-    note "ok: ${needed[*]}"
-else
-    note "no dpkg here: assuming PostgreSQL 15 server, headers and a C compiler are installed"
-fi
+# The packages come from the one list in scripts/packages.sh (group demo).
+# shellcheck source=scripts/packages.sh
+source "$repo/scripts/packages.sh"
+outbox_ensure_packages demo 2>&1 | indent || exit 1
 
 if [[ -n ${PG_CONFIG:-} ]]; then
     pg_config_bin=$(command -v -- "$PG_CONFIG") || die "PG_CONFIG=$PG_CONFIG not found"

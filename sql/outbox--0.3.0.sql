@@ -1,4 +1,5 @@
--- outbox--0.3.0.sql: the transactional outbox, version 0.3.0.
+-- outbox--0.3.0.sql: the transactional outbox, version 0.3.0 (a fresh install;
+-- the update scripts bring older installs to the same objects).
 -- Complain if the script is sourced in psql rather than via CREATE EXTENSION.
 \echo Use "CREATE EXTENSION outbox" to load this file. \quit
 
@@ -29,6 +30,9 @@ CREATE TABLE outbox.messages (
 	next_attempt_at timestamptz NOT NULL DEFAULT now(),
 	claimed_at		timestamptz,
 	claimed_by		int,
+	-- the destinations a message is routed to, set when it is saved (NULL:
+	-- the default destination)
+	destinations	int[],
 	CONSTRAINT messages_topic_check
 		CHECK (topic <> '' AND octet_length(topic) <= 255),
 	CONSTRAINT messages_key_check
@@ -39,10 +43,14 @@ CREATE TABLE outbox.messages (
 
 COMMENT ON TABLE outbox.messages IS 'Messages saved by outbox.save() or INSERT, published by the outbox worker';
 
--- Claims scan pending messages in id order (under per-key ordering too: the
--- scan from the oldest pending message tells each key's oldest one).
+-- The default destination's claims scan its pending messages in id order
+-- (under per-key ordering too: the scan from the oldest pending message
+-- tells each key's oldest one); routed ones wait in an index of their own
+-- until every destination has them.
 CREATE INDEX messages_pending_idx ON outbox.messages (id)
-	WHERE status = 'pending';
+	WHERE status = 'pending' AND destinations IS NULL;
+CREATE INDEX messages_routed_idx ON outbox.messages (id)
+	WHERE status = 'pending' AND destinations IS NOT NULL;
 -- Recovery finds claims that timed out.
 CREATE INDEX messages_processing_idx ON outbox.messages (claimed_at)
 	WHERE status = 'processing';
@@ -86,12 +94,7 @@ CREATE VIEW outbox.stats AS
 	FROM outbox.messages
 	GROUP BY topic;
 
--- Least privilege: nothing for PUBLIC; README shows the grants roles need.
-REVOKE ALL ON SCHEMA outbox FROM PUBLIC;
-REVOKE ALL ON ALL TABLES IN SCHEMA outbox FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA outbox FROM PUBLIC;
-
-
+-- Destinations and subscriptions (0.3.0).
 -- Destinations: where messages of subscribed topics go, each with its own
 -- publisher, options, worker, retries and order.  Messages that no
 -- subscription routes anywhere go to the default destination (the
@@ -157,18 +160,6 @@ CREATE TABLE outbox.delivery (
 CREATE INDEX delivery_message_idx ON outbox.delivery (message_id);
 CREATE INDEX delivery_unfinished_idx ON outbox.delivery (destination_id, message_id)
 	WHERE status IN ('pending', 'processing');
-
--- The destinations a message is routed to, set when it is saved (NULL: the
--- default destination).
-ALTER TABLE outbox.messages ADD COLUMN destinations int[];
-
--- The default destination's claims read only its own messages; routed ones
--- wait in an index of their own until every destination has them.
-DROP INDEX outbox.messages_pending_idx;
-CREATE INDEX messages_pending_idx ON outbox.messages (id)
-	WHERE status = 'pending' AND destinations IS NULL;
-CREATE INDEX messages_routed_idx ON outbox.messages (id)
-	WHERE status = 'pending' AND destinations IS NOT NULL;
 
 -- Routing, in the saving transaction, for save() and the batch path alike.
 -- (It reads the subscriptions as their owner: saving roles need no
@@ -294,3 +285,8 @@ REVOKE ALL ON FUNCTION outbox.route(), outbox.create_destination(text, text, jso
 	outbox.destination_position(int), outbox.fetch_pending(int, text),
 	outbox.mark_processed(uuid[], text), outbox.mark_failed(uuid, text, text),
 	outbox.retry_failed(uuid[], text) FROM PUBLIC;
+
+-- Least privilege: nothing for PUBLIC; README shows the grants roles need.
+REVOKE ALL ON SCHEMA outbox FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA outbox FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA outbox FROM PUBLIC;

@@ -367,7 +367,7 @@ drop_database_would_proceed(const char *dbname, ProcessUtilityContext context)
 	dboid = get_database_oid(dbname, true);
 	if (!OidIsValid(dboid) || dboid == MyDatabaseId)
 		return false;
-	return outbox_database_ownercheck(dboid, GetUserId());
+	return object_ownercheck(DatabaseRelationId, dboid, GetUserId());
 }
 
 /* Utility hook: make way for DROP DATABASE of a relayed database. */

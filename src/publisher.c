@@ -504,9 +504,9 @@ OutboxPayloadKindOf(const OutboxMessage *message)
 	if (message->payload_len == 0)
 		return OUTBOX_PAYLOAD_TEXT;
 	text = pnstrdup(message->payload, message->payload_len);
-	lex = outbox_json_lex_context(text, message->payload_len, PG_UTF8);
+	lex = makeJsonLexContextCstringLen(NULL, text, message->payload_len, PG_UTF8, false);
 	json = pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
-	outbox_json_lex_context_free(lex);
+	freeJsonLexContext(lex);
 	pfree(text);
 	return json ? OUTBOX_PAYLOAD_JSON : OUTBOX_PAYLOAD_TEXT;
 }

@@ -27,8 +27,10 @@
 #   OUTBOX_SUITE_TIMEOUT  when CI is set, seconds after which a suite's test
 #                       runner is killed (default 1200; 0 = no limit)
 #   OUTBOX_REQUIRE_BROKERS  if set, the broker publishers' TAP tests (110_kafka,
-#                       120/121_nats) fail instead of skipping when outbox_kafka,
-#                       outbox_nats, their test helpers or nats-server are missing
+#                       120/121_nats, 130-132_amqp, 140-142_redis) fail instead of
+#                       skipping when a plug-in (outbox_kafka, outbox_nats,
+#                       outbox_amqp, outbox_redis), its test helper or its server
+#                       (nats-server, rabbitmq-server, redis-server) is missing
 #   PG_TEST_TIMEOUT_DEFAULT, PG_TEST_EXTRA   passed on to the TAP framework
 #
 # Output ends with a line "N passed, N failed" counting suites.  The exit
@@ -394,8 +396,12 @@ suite_tap() {
     mkdir -p "$base"
     # What PGXS's prove_installcheck sets up: TESTDIR (output goes to
     # $TESTDIR/tmp_check), PATH with the server binaries first, PG_REGRESS
-    # (Cluster->init uses it for --config-auth).
+    # (Cluster->init uses it for --config-auth).  From PostgreSQL 17 on the
+    # framework takes its directories from TESTDATADIR and TESTLOGDIR instead
+    # (else tmp_check and log in the current directory); they name the same
+    # ones.
     export TESTDIR=$base
+    export TESTDATADIR=$base/tmp_check TESTLOGDIR=$base/tmp_check/log
     export PG_REGRESS=$pgxs_test/regress/pg_regress
     trap 'exit 130' INT
     trap 'exit 143' TERM

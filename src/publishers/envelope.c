@@ -26,6 +26,7 @@
 #include "utils/timestamp.h"
 
 #include "builtin.h"
+#include "pg_compat.h"
 
 /* How the payload goes into the envelope. */
 typedef enum PayloadForm
@@ -90,7 +91,7 @@ outbox_message_envelope(const OutboxMessage *message)
 				char	   *encoded = palloc(enclen + 1);
 				int			written;
 
-				written = pg_b64_encode(message->payload, message->payload_len,
+				written = outbox_b64_encode(message->payload, message->payload_len,
 										encoded, enclen);
 				if (written < 0)
 					elog(ERROR, "could not encode outbox payload as base64");

@@ -45,6 +45,7 @@
 #include "utils/varlena.h"
 
 #include "builtin.h"
+#include "pg_compat.h"
 
 /* outbox.publisher_function (reload); a destination's "function" option */
 static char *setting_function = NULL;
@@ -110,13 +111,15 @@ lookup_publisher_function(void)
 		elog(ERROR, "type outbox.messages does not exist");
 
 	/* The check hook made sure that the name parses. */
-	names = stringToQualifiedNameList(publisher_function);
+	names = stringToQualifiedNameList(publisher_function, NULL);
 	fn = LookupFuncName(names, 1, &argtype, true);
 	if (!OidIsValid(fn))
 	{
 		char	   *problem;
+		int			fgc_flags;
 
-		if (FuncnameGetCandidates(names, -1, NIL, false, false, false, true) != NULL)
+		if (FuncnameGetCandidates(names, -1, NIL, false, false, false, true,
+								  &fgc_flags) != NULL)
 			problem = psprintf("function %s exists, but not with the signature %s(outbox.messages)",
 							   publisher_function, publisher_function);
 		else
@@ -132,7 +135,7 @@ lookup_publisher_function(void)
 								signature_hint);
 		return InvalidOid;
 	}
-	if (pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+	if (object_aclcheck(ProcedureRelationId, fn, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 	{
 		OutboxPublisherReportProblem(&config_problem, psprintf("the outbox worker's role \"%s\" may not execute function %s(outbox.messages)",
 										 GetUserNameFromId(GetUserId(), false),

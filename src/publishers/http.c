@@ -61,6 +61,7 @@
 #include "utils/timestamp.h"
 
 #include "builtin.h"
+#include "pg_compat.h"
 
 /* How much of an error answer's body goes into last_error. */
 #define ERROR_BODY_BYTES	200
@@ -310,7 +311,7 @@ signing_key(int *keylen)
 	{
 		int			declen = pg_b64_dec_len((int) (len - 6));
 		char	   *key = palloc(declen + 1);
-		int			n = pg_b64_decode(secret + 6, (int) (len - 6), key, declen);
+		int			n = outbox_b64_decode(secret + 6, (int) (len - 6), key, declen);
 
 		if (n > 0)
 		{
@@ -367,7 +368,7 @@ webhook_signature(const char *key, int keylen, const char *id,
 	PG_END_TRY();
 
 	memcpy(signature, "v1,", 3);
-	written = pg_b64_encode((const char *) mac, sizeof(mac), signature + 3, enclen);
+	written = outbox_b64_encode(mac, sizeof(mac), signature + 3, enclen);
 	if (written < 0)
 		elog(ERROR, "could not encode the webhook signature");
 	signature[3 + written] = '\0';
@@ -596,7 +597,7 @@ http_setup(void)
 		SET_OPTION(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
 		SET_OPTION(r->easy, CURLOPT_TIMEOUT_MS, (long) cfg.timeout);
 		SET_OPTION(r->easy, CURLOPT_TCP_KEEPALIVE, 1L);
-		SET_OPTION(r->easy, CURLOPT_USERAGENT, "outbox/0.1.0 (PostgreSQL)");
+		SET_OPTION(r->easy, CURLOPT_USERAGENT, "outbox/" OUTBOX_VERSION " (PostgreSQL)");
 		SET_OPTION(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
 		SET_OPTION(r->easy, CURLOPT_WRITEFUNCTION, collect_body);
 		SET_OPTION(r->easy, CURLOPT_WRITEDATA, r);
@@ -1112,7 +1113,7 @@ outbox_register_http_publisher(void)
 							   &setting_signing_secret,
 							   "",
 							   PGC_SIGHUP,
-							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
 
 	DefineCustomStringVariable("outbox.http_ca_file",

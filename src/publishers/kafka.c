@@ -1148,7 +1148,7 @@ _PG_init(void)
 							   &setting_properties,
 							   "",
 							   PGC_SIGHUP,
-							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   check_kafka_properties, NULL, NULL);
 
 	OutboxPublisherKeepSecret("outbox.kafka_properties");

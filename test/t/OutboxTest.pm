@@ -185,12 +185,16 @@ sub query_value
 {
 	my ($node, $dbname, $sql) = @_;
 	my $timed_out;
-	my ($rc, $stdout, $stderr) = $node->psql(
-		$dbname, $sql,
-		on_error_stop => 1,
-		timeout => $TIMEOUT,
-		timed_out => \$timed_out);
-	return undef if $timed_out || !defined $rc || $rc != 0;
+	# psql may exit before it read its input (the server is restarting):
+	# the framework then dies with "Broken pipe", which is an error here.
+	my ($rc, $stdout, $stderr) = eval {
+		$node->psql(
+			$dbname, $sql,
+			on_error_stop => 1,
+			timeout => $TIMEOUT,
+			timed_out => \$timed_out);
+	};
+	return undef if $@ || $timed_out || !defined $rc || $rc != 0;
 	return $stdout;
 }
 
