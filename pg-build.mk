@@ -1,5 +1,5 @@
-# pg-build.mk -- included (after PGXS) by Makefile, src/publishers/kafka.mk
-# and nats.mk: objects compiled against one PostgreSQL installation are
+# pg-build.mk -- included (after PGXS) by Makefile and the plug-ins' makefiles
+# (src/publishers/*.mk): objects compiled against one PostgreSQL installation are
 # never linked into a build for another.  .pg-build names the installation
 # the objects were compiled for; when PG_CONFIG names another one, the file
 # changes, and everything that depends on it is compiled again, so
