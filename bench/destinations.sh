@@ -17,13 +17,14 @@
 #      destination's time is until its position passed the last message
 #      (outbox.destination_progress); the default destination's until the
 #      last processed_at.  Each of the three against (a) is the figure
-#      (>= 50%).  synchronous_commit is off, so the save figures show the CPU
-#      cost of saving (routing included), not the disk's flush rate.
+#      (>= 50%).
 #   3. isolation: a notify destination draining MESSAGES alone, then beside
 #      an http destination whose endpoint accepts connections and never
 #      answers (timeout 5 s).  The notify destination's rate beside it
 #      against alone is the figure (>= 90%).
-# Prints a Markdown report for bench/RESULTS-destinations.md.
+# synchronous_commit is off, so the save figures show the CPU cost of saving
+# (routing included), not the disk's flush rate.  Prints a Markdown report
+# for bench/RESULTS-destinations.md.
 #
 # Environment: PG_CONFIG, MESSAGES (200000), RUNS (3), SECONDS (10),
 # BATCH_SIZE (outbox.batch_size, default 100).  Run as root: the cluster
