@@ -22,6 +22,9 @@ extern void outbox_register_notify_publisher(void);
 extern void outbox_register_http_publisher(void);
 extern void outbox_register_function_publisher(void);
 
+/* cloudevents.c: outbox.cloudevents_source, shared by every publisher. */
+extern void outbox_register_cloudevents_settings(void);
+
 /* envelope.c: a whole message as one JSON text. */
 extern char *outbox_message_envelope(const OutboxMessage *message);
 
