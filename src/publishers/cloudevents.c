@@ -26,7 +26,6 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
-#include "common/base64.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -395,18 +394,7 @@ OutboxCloudEventJson(const OutboxMessage *message, const char *source, int *leng
 		append_member(&buf, "data", pnstrdup(message->payload, message->payload_len));
 	}
 	else
-	{
-		int			enclen = pg_b64_enc_len(message->payload_len);
-		char	   *encoded = palloc(enclen + 1);
-		int			written = outbox_b64_encode(message->payload, message->payload_len,
-												encoded, enclen);
-
-		if (written < 0)
-			elog(ERROR, "could not encode a payload as base64");
-		encoded[written] = '\0';
-		append_member(&buf, "data_base64", encoded);
-		pfree(encoded);
-	}
+		append_member(&buf, "data_base64", outbox_base64_text(message->payload, message->payload_len));
 	appendStringInfoChar(&buf, '}');
 	*length = buf.len;
 	return buf.data;
