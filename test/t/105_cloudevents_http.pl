@@ -41,17 +41,7 @@ use Test::More;
 use OutboxTest;
 
 # Skip (or fail, under OUTBOX_REQUIRE_BROKERS) when something is missing.
-sub missing
-{
-	my ($why) = @_;
-	if ($ENV{OUTBOX_REQUIRE_BROKERS})
-	{
-		fail("$why (OUTBOX_REQUIRE_BROKERS is set)");
-		done_testing();
-		exit 0;
-	}
-	plan skip_all => $why;
-}
+sub missing { OutboxTest::missing(@_) }
 
 # The path of a program, or undef.
 sub program
@@ -147,27 +137,19 @@ outbox.retry_backoff_max = '1s'
 outbox.max_retries = 1000
 });
 
-# SQLSTATE and message of a statement that should fail.
-sub error_of
-{
-	my ($sql) = @_;
-	my ($rc, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\n$sql");
-	return $rc == 0 ? 'no error' : ($err =~ /ERROR:\s+(\w{5}): (.*)/ ? "$1: $2" : $err);
-}
-
 for my $case (
 	[ q{'{"url": "http://h/", "format": "cloudevents"}'}, qr/^22023: invalid value for option "format" of publisher "http"/ ],
 	[ q{'{"url": "http://h/", "format": 1}'}, qr/^22023: invalid value for option "format"/ ],
 	[ q{'{"url": "http://h/", "cloudevents_source": "my source"}'}, qr/^22023: invalid value for option "cloudevents_source"/ ])
 {
-	like(error_of("SELECT outbox.create_destination('bad', 'http', $case->[0])"), $case->[1],
+	like(OutboxTest::error_of($node, "SELECT outbox.create_destination('bad', 'http', $case->[0])"), $case->[1],
 		"create_destination refuses $case->[0]");
 }
 is($node->safe_psql('postgres', "SELECT count(*) FROM outbox.destination WHERE name = 'bad'"),
 	'0', 'and creates nothing');
-like(error_of(q{ALTER SYSTEM SET outbox.http_format = 'json'}),
+like(OutboxTest::error_of($node, q{ALTER SYSTEM SET outbox.http_format = 'json'}),
 	qr/^22023: invalid value for parameter "outbox.http_format"/, 'outbox.http_format refuses json');
-like(error_of(q{ALTER SYSTEM SET outbox.cloudevents_source = 'two words'}),
+like(OutboxTest::error_of($node, q{ALTER SYSTEM SET outbox.cloudevents_source = 'two words'}),
 	qr/^22023: invalid value for parameter "outbox.cloudevents_source"/,
 	'outbox.cloudevents_source refuses spaces');
 

@@ -40,20 +40,11 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
+use OutboxDestinations;
 use OutboxTest;
 
 # Skip (or fail, under OUTBOX_REQUIRE_BROKERS) when something is missing.
-sub missing
-{
-	my ($why) = @_;
-	if ($ENV{OUTBOX_REQUIRE_BROKERS})
-	{
-		fail("$why (OUTBOX_REQUIRE_BROKERS is set)");
-		done_testing();
-		exit 0;
-	}
-	plan skip_all => $why;
-}
+sub missing { OutboxTest::missing(@_) }
 
 my $pg_config = $ENV{PG_CONFIG} // 'pg_config';
 my $pkglibdir = `$pg_config --pkglibdir`;
@@ -275,79 +266,45 @@ is( $node->safe_psql('postgres',
 my ($rc, $stdout, $stderr);
 is(mock_command('topic ce.bin 1'), 'ok', 'topic "ce.bin" created');
 is(mock_command('topic ce.str 1'), 'ok', 'topic "ce.str" created');
-$node->safe_psql('postgres', qq{
-SELECT outbox.create_destination('ce_bin', 'kafka',
-  '{"brokers": "$bootstrap", "topic": "ce.bin", "format": "cloudevents-binary"}');
-SELECT outbox.create_destination('ce_str', 'kafka',
-  '{"brokers": "$bootstrap", "topic": "ce.str", "format": "cloudevents-structured",
-    "cloudevents_source": "urn:shop:orders"}');
-SELECT outbox.subscribe('ce_bin', 'cloud.>');
-SELECT outbox.subscribe('ce_str', 'cloud.>');
-});
-my ($ce_json) = ids_of(q{SELECT outbox.save('cloud.created', '{"n": 1}'::jsonb, 'k1', '{"x-trace": "ce-1"}')});
-my ($ce_bytes) = ids_of(q{SELECT outbox.save('cloud.bytes', '\x00ff41'::bytea)});
-my ($ce_reserved) = ids_of(q{SELECT outbox.save('cloud.created', '{"n": 2}'::jsonb, NULL, '{"ce_id": "mine"}')});
-ok( OutboxTest::poll_until($node, 'postgres',
-		qq{SELECT string_agg(destination || ':' || status, ' ' ORDER BY destination)
-		   FROM outbox.deliveries WHERE message_id = '$ce_reserved'},
-		'ce_bin:failed ce_str:processed'),
-	'a ce_id message header fails in binary mode only');
-like($node->safe_psql('postgres', "SELECT last_error FROM outbox.deliveries WHERE message_id = '$ce_reserved' AND destination = 'ce_bin'"),
-	qr/message header "ce_id" cannot be sent: with format cloudevents-binary/, 'with the reason');
-ok( OutboxTest::poll_until($node, 'postgres',
-		qq{SELECT count(*) FROM outbox.deliveries WHERE message_id IN ('$ce_json', '$ce_bytes') AND status = 'processed'},
-		'4'),
-	'both messages delivered to both destinations');
+my %ce = OutboxDestinations::cloudevents($node, 'kafka',
+	binary => qq{"brokers": "$bootstrap", "topic": "ce.bin"},
+	structured => qq{"brokers": "$bootstrap", "topic": "ce.str"},
+	topic => 'ce', reserved => 'ce_id');
 ok( OutboxTest::wait_until(
 		$OutboxTest::TIMEOUT,
-		sub { drain_mock(); 4 == grep { $_->{topic} =~ /^ce\./ } records_of($ce_json, $ce_bytes) }),
-	'and the mock cluster has their four records');
+		sub { drain_mock(); 4 == grep { $_->{topic} =~ /^ce\./ } records_of($ce{json}, $ce{bytes}) }),
+	'the mock cluster has their four records');
 
-# The record of message $id in Kafka topic $topic.
+# The record of message $id in Kafka topic $topic, its headers' first values in "first".
 sub record_in
 {
 	my ($topic, $id) = @_;
 	my @r = grep { $_->{topic} eq $topic } records_of($id);
 	is(scalar @r, 1, "one record of $id in $topic");
-	return $r[0] // { h => {}, value => '' };
+	my $r = $r[0] // { h => {}, value => '' };
+	$r->{first} = { map { $_ => $r->{h}{$_}[0] } keys %{ $r->{h} } };
+	return $r;
 }
 
-my $ce_seconds = $node->safe_psql('postgres',
-	qq{SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS') FROM outbox.messages WHERE id = '$ce_json'});
-my $rec = record_in('ce.bin', $ce_json);
-is_deeply(
-	{ map { $_ => $rec->{h}{$_} } qw(ce_id ce_source ce_specversion ce_type ce_subject content-type x-trace) },
-	{
-		ce_id => [$ce_json],
-		ce_source => ['/outbox/postgres'],
-		ce_specversion => ['1.0'],
-		ce_type => ['cloud.created'],
-		ce_subject => ['k1'],
-		'content-type' => ['application/json'],
-		'x-trace' => ['ce-1']
-	},
-	'binary: ce_* attributes, content-type once, the message\'s headers');
-like($rec->{h}{ce_time}[0] // '', qr/^\Q$ce_seconds\E(\.\d{1,6})?Z$/, 'binary: ce_time is created_at, RFC 3339 in UTC');
+my $rec = record_in('ce.bin', $ce{json});
+OutboxDestinations::is_attributes($rec->{first}, $node, $ce{json}, 'ce_', 'ce.created', 'k1', 'binary');
+is_deeply([ @{ $rec->{h} }{qw(content-type x-trace)} ], [ ['application/json'], ['ce-1'] ],
+	'binary: content-type once, and the message\'s headers');
 is($rec->{value}, '{"n": 1}', 'binary: the value is the payload');
 is($rec->{key}, 'k1', 'binary: the key is the message key');
-$rec = record_in('ce.bin', $ce_bytes);
+$rec = record_in('ce.bin', $ce{bytes});
 ok(!exists $rec->{h}{ce_subject}, 'binary: no ce_subject without a key');
 is_deeply($rec->{h}{'content-type'}, ['application/octet-stream'], 'binary: content-type of a binary payload');
 
-$rec = record_in('ce.str', $ce_json);
-is_deeply($rec->{h}{'content-type'}, ['application/cloudevents+json'],
-	'structured: content-type application/cloudevents+json, once');
-is_deeply($rec->{h}{'x-trace'}, ['ce-1'], 'structured: the message\'s headers stay headers');
-my $event = $json->decode($rec->{value});
-is_deeply(
-	[ @$event{qw(specversion id source type subject datacontenttype)}, $event->{data} ],
-	[ '1.0', $ce_json, 'urn:shop:orders', 'cloud.created', 'k1', 'application/json', { n => 1 } ],
-	'structured: the value is the JSON event');
-$event = $json->decode(record_in('ce.str', $ce_bytes)->{value});
-is($event->{data_base64}, 'AP9B', 'structured: a binary payload is data_base64');
+$rec = record_in('ce.str', $ce{json});
+is_deeply([ @{ $rec->{h} }{qw(content-type x-trace)} ], [ ['application/cloudevents+json'], ['ce-1'] ],
+	'structured: content-type application/cloudevents+json once, and the message\'s headers');
+OutboxDestinations::is_event($rec->{value}, $ce{json}, 'kafka', 'ce.created', 'structured');
+is(OutboxDestinations::data_base64(record_in('ce.str', $ce{bytes})->{value}), 'AP9B',
+	'structured: a binary payload is data_base64');
 
-($rc, $stdout, $stderr) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT outbox.create_destination('ce_bad', 'kafka', '{\"brokers\": \"b:9092\", \"format\": \"avro\"}')");
-like($stderr, qr/22023: invalid value for option "format" of publisher "kafka"/, 'a bad format option is refused with 22023');
+like(OutboxTest::error_of($node, q{SELECT outbox.create_destination('ce_bad', 'kafka', '{"brokers": "b:9092", "format": "avro"}')}),
+	qr/^22023: invalid value for option "format" of publisher "kafka"/, 'a bad format option is refused with 22023');
 $node->safe_psql('postgres', q{SELECT outbox.drop_destination('ce_bin', force => true); SELECT outbox.drop_destination('ce_str')});
 
 ########################################################################

@@ -7,12 +7,6 @@
 #    Outbox-Key, Outbox-Created-At and the message's own headers (values
 #    as they are, empty and UTF-8 ones included); a topic that is no valid
 #    subject, or a header NATS cannot carry, fails that message at once;
-#  - CloudEvents: a destination with format cloudevents-binary publishes
-#    the attributes as ce-* headers (ce-subject only with a key) and
-#    content-type, the payload as it is; cloudevents-structured publishes
-#    the JSON event with content-type application/cloudevents+json, the
-#    message's headers kept; a ce-source message header fails its message
-#    in binary mode only;
 #  - kill -9 of the worker while a large backlog is in flight: every
 #    message is in the stream exactly once (the duplicate window drops the
 #    republished ones, and the publisher says so), and all are processed;
@@ -20,17 +14,24 @@
 #    stream matches subject ..." and is delivered once the stream exists;
 #  - server restart: while nats-server is down messages stay pending (the
 #    problem is logged once, the worker does not spin), and are delivered
-#    after it comes back on the same port with the same store.
+#    after it comes back on the same port with the same store;
+#  - CloudEvents (last, so that its destination workers leave the kill
+#    test as it was): a destination with format cloudevents-binary publishes
+#    the attributes as ce-* headers (ce-subject only with a key) and
+#    content-type, the payload as it is; cloudevents-structured publishes
+#    the JSON event with content-type application/cloudevents+json, the
+#    message's headers kept; a ce-source message header fails its message
+#    in binary mode only.
 
 use strict;
 use warnings;
 
-use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
+use OutboxDestinations;
 use OutboxNats;
 use OutboxTest;
 
@@ -181,70 +182,6 @@ my ($rc, $stdout, $stderr) = $node->psql('postgres', "ALTER SYSTEM SET outbox.na
 like($stderr, qr/not a valid NATS subject/, 'invalid outbox.nats_subject refused');
 
 ########################################################################
-# CloudEvents, in two destinations of their own (and two streams: one
-# stream would take the second copy of a message id for a duplicate).
-
-$nats->js('add-stream', 'CEBIN', 'cloud.bin.>', 1, 120);
-$nats->js('add-stream', 'CESTR', 'cloud.str.>', 1, 120);
-psql_value(qq{
-SELECT outbox.create_destination('ce_bin', 'nats',
-  '{"url": "$url", "subject": "cloud.bin.{topic}", "format": "cloudevents-binary"}');
-SELECT outbox.create_destination('ce_str', 'nats',
-  '{"url": "$url", "subject": "cloud.str.{topic}", "format": "cloudevents-structured",
-    "cloudevents_source": "urn:shop:nats"}');
-SELECT outbox.subscribe('ce_bin', 'ce.>');
-SELECT outbox.subscribe('ce_str', 'ce.>');
-});
-my $ce_json = psql_value(q{SELECT outbox.save('ce.created', '{"n": 1}'::jsonb, 'k1', '{"x-trace": "ce-1"}')});
-my $ce_text = psql_value(q{SELECT outbox.save('ce.note', 'some text'::text)});
-my $ce_reserved = psql_value(q{SELECT outbox.save('ce.created', '{"n": 2}'::jsonb, NULL, '{"ce-source": "mine"}')});
-ok( OutboxTest::poll_until($node, 'postgres',
-		q{SELECT string_agg(destination || ':' || status, ' ' ORDER BY message_id, destination)
-		  FROM outbox.deliveries WHERE destination LIKE 'ce%'},
-		'ce_bin:processed ce_str:processed ce_bin:processed ce_str:processed ce_bin:failed ce_str:processed'),
-	'CloudEvents delivered; a ce-source message header fails in binary mode only');
-like(psql_value("SELECT last_error FROM outbox.deliveries WHERE message_id = '$ce_reserved' AND destination = 'ce_bin'"),
-	qr/message header "ce-source" cannot be sent: with format cloudevents-binary the nats publisher sets it itself/,
-	'with the reason');
-
-my %ce_bin = map { $_->{headers}{'Nats-Msg-Id'} => $_ } $nats->dump('CEBIN');
-my %ce_str = map { $_->{headers}{'Nats-Msg-Id'} => $_ } $nats->dump('CESTR');
-is(scalar keys %ce_bin, 2, 'binary: two messages in their stream');
-my $ce_seconds = psql_value(
-	qq{SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS') FROM outbox.messages WHERE id = '$ce_json'});
-my $m = $ce_bin{$ce_json} // { headers => {} };
-is_deeply(
-	{ map { $_ => $m->{headers}{$_} } qw(ce-id ce-source ce-specversion ce-type ce-subject content-type x-trace) },
-	{
-		'ce-id' => $ce_json,
-		'ce-source' => '/outbox/postgres',
-		'ce-specversion' => '1.0',
-		'ce-type' => 'ce.created',
-		'ce-subject' => 'k1',
-		'content-type' => 'application/json',
-		'x-trace' => 'ce-1'
-	},
-	'binary: ce-* attributes, content-type and the message\'s headers');
-like($m->{headers}{'ce-time'} // '', qr/^\Q$ce_seconds\E(\.\d{1,6})?Z$/, 'binary: ce-time is created_at, RFC 3339 in UTC');
-is($m->{data}, '{"n": 1}', 'binary: the payload as it is');
-is($m->{subject}, 'cloud.bin.ce.created', 'binary: the destination\'s subject');
-$m = $ce_bin{$ce_text} // { headers => {} };
-ok(!exists $m->{headers}{'ce-subject'}, 'binary: no ce-subject without a key');
-is($m->{headers}{'content-type'}, 'text/plain; charset=utf-8', 'binary: content-type of a text payload');
-
-is(scalar keys %ce_str, 3, 'structured: three messages in their stream');
-$m = $ce_str{$ce_json} // { headers => {}, data => '{}' };
-is($m->{headers}{'content-type'}, 'application/cloudevents+json', 'structured: content-type');
-is($m->{headers}{'x-trace'}, 'ce-1', 'structured: the message\'s headers stay headers');
-my $event = JSON::PP->new->decode($m->{data});
-is_deeply(
-	[ @$event{qw(specversion id source type subject datacontenttype)}, $event->{data} ],
-	[ '1.0', $ce_json, 'urn:shop:nats', 'ce.created', 'k1', 'application/json', { n => 1 } ],
-	'structured: the payload is the JSON event');
-is(JSON::PP->new->decode(($ce_str{$ce_text} // { data => '{}' })->{data})->{data}, 'some text',
-	'structured: text data as a string');
-
-########################################################################
 # 2. kill -9 of the worker with publications in flight.
 
 my $total = 30000;
@@ -344,6 +281,38 @@ ok(wait_stream_count('ORDERS', $before + 50), 'the stream got the 50 messages');
 my %orders = map { $_->{headers}{'Nats-Msg-Id'} => 1 } $nats->dump('ORDERS');
 is(scalar(grep { !$orders{$_} } @down), 0, 'each message saved while down is in the stream');
 is($nats->count('ORDERS'), $before + 50, 'and only once');
+
+########################################################################
+# CloudEvents, in two destinations of their own (and two streams: one
+# stream would take the second copy of a message id for a duplicate).
+
+$nats->js('add-stream', 'CEBIN', 'cloud.bin.>', 1, 120);
+$nats->js('add-stream', 'CESTR', 'cloud.str.>', 1, 120);
+my %ce = OutboxDestinations::cloudevents($node, 'nats',
+	binary => qq{"url": "$url", "subject": "cloud.bin.{topic}"},
+	structured => qq{"url": "$url", "subject": "cloud.str.{topic}"},
+	topic => 'ce', reserved => 'ce-source');
+
+my %ce_bin = map { $_->{headers}{'Nats-Msg-Id'} => $_ } $nats->dump('CEBIN');
+my %ce_str = map { $_->{headers}{'Nats-Msg-Id'} => $_ } $nats->dump('CESTR');
+is(scalar keys %ce_bin, 2, 'binary: two messages in their stream');
+my $m = $ce_bin{ $ce{json} } // { headers => {} };
+OutboxDestinations::is_attributes($m->{headers}, $node, $ce{json}, 'ce-', 'ce.created', 'k1', 'binary');
+is_deeply([ @{ $m->{headers} }{qw(content-type x-trace)} ], [ 'application/json', 'ce-1' ],
+	'binary: content-type, and the message\'s headers');
+is($m->{data}, '{"n": 1}', 'binary: the payload as it is');
+is($m->{subject}, 'cloud.bin.ce.created', 'binary: the destination\'s subject');
+$m = $ce_bin{ $ce{bytes} } // { headers => {} };
+ok(!exists $m->{headers}{'ce-subject'}, 'binary: no ce-subject without a key');
+is($m->{headers}{'content-type'}, 'application/octet-stream', 'binary: content-type of a binary payload');
+
+is(scalar keys %ce_str, 3, 'structured: three messages in their stream');
+$m = $ce_str{ $ce{json} } // { headers => {} };
+is_deeply([ @{ $m->{headers} }{qw(content-type x-trace)} ], [ 'application/cloudevents+json', 'ce-1' ],
+	'structured: content-type, and the message\'s headers');
+OutboxDestinations::is_event($m->{data}, $ce{json}, 'nats', 'ce.created', 'structured');
+is(OutboxDestinations::data_base64(($ce_str{ $ce{bytes} } // {})->{data}), 'AP9B',
+	'structured: a binary payload is data_base64');
 
 $node->stop;
 done_testing();
