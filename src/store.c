@@ -148,12 +148,14 @@
  * $1 = id, $2 = error, $3 = permanent, $4 = max_retries, $5 = retry_at or
  * NULL, $6 = now, $7 = backoff base (ms), $8 = backoff max (ms).  The delay
  * is base * 2^(retries) capped at max, with "equal jitter": a random point
- * in its upper half.
+ * in its upper half.  A message that fails for good records when, in
+ * processed_at (retry_failed's filters read it).
  */
 #define MARK_FAILED_SQL \
 	"UPDATE outbox.messages SET retries = retries + 1, last_error = $2, " \
 	"status = CASE WHEN $3 OR retries + 1 >= $4 THEN 'failed'::outbox.message_status " \
 	"              ELSE 'pending'::outbox.message_status END, " \
+	"processed_at = CASE WHEN $3 OR retries + 1 >= $4 THEN $6 END, " \
 	"next_attempt_at = COALESCE($5, $6 + least($8::float8, $7::float8 * power(2, least(retries, 60))) " \
 	"                                 * (0.5 + random() * 0.5) * interval '1 millisecond'), " \
 	"claimed_at = NULL, claimed_by = NULL " \
@@ -181,6 +183,17 @@
 	"  AND processed_at < $1 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)"
 
 /*
+ * With destinations, a processed message replayed to a destination
+ * (outbox.replay) stays while that delivery is unfinished or failed.
+ */
+#define PURGE_ROUTED_SQL \
+	"DELETE FROM outbox.messages WHERE id IN (" \
+	"  SELECT m.id FROM outbox.messages m WHERE m.id < $2 AND m.status = 'processed' " \
+	"  AND m.processed_at < $1 AND NOT EXISTS (SELECT 1 FROM outbox.delivery x " \
+	"    WHERE x.message_id = m.id AND x.status <> 'processed') " \
+	"  ORDER BY m.id LIMIT $3 FOR UPDATE OF m SKIP LOCKED)"
+
+/*
  * The earliest retry still to come among the oldest pending messages, for
  * the worker's sleep; $1 = now.  (Routed messages count too: harmless, the
  * worker only wakes once more.)
@@ -191,7 +204,8 @@
 
 /* $1 = ids or NULL for all, $2 = now. */
 #define RETRY_FAILED_SQL \
-	"UPDATE outbox.messages SET status = 'pending', retries = 0, next_attempt_at = $2 " \
+	"UPDATE outbox.messages SET status = 'pending', retries = 0, next_attempt_at = $2, " \
+	"processed_at = NULL " \
 	"WHERE status = 'failed' AND ($1 IS NULL OR id = ANY($1))"
 
 /*
@@ -253,6 +267,10 @@ static OutboxStatement recover_stmt = {
 };
 static OutboxStatement purge_stmt = {
 	.sql = PURGE_SQL, .nargs = 3, .argtypes = {TIMESTAMPTZOID, UUIDOID, INT4OID},
+	.read_only = false, .expected = SPI_OK_DELETE, .action = "purge outbox messages"
+};
+static OutboxStatement purge_routed_stmt = {
+	.sql = PURGE_ROUTED_SQL, .nargs = 3, .argtypes = {TIMESTAMPTZOID, UUIDOID, INT4OID},
 	.read_only = false, .expected = SPI_OK_DELETE, .action = "purge outbox messages"
 };
 /* Not read-only: it must see the retries the marks just scheduled. */
@@ -990,6 +1008,17 @@ outbox_store_purge_processed(int max_rows)
 	args[0] = TimestampTzGetDatum(cutoff);
 	args[1] = UUIDPGetDatum(&bound);
 	args[2] = Int32GetDatum(max_rows);
+	if (outbox_have_destinations())
+	{
+		/* it reads outbox.delivery, which only the outbox's owner reads */
+		OutboxStoreCall call;
+		int			count;
+
+		outbox_store_connect_as_owner(&call);
+		count = (int) outbox_store_execute(&purge_routed_stmt, args, NULL, InvalidSnapshot, 0);
+		outbox_store_finish_as_owner(&call);
+		return count;
+	}
 	return store_run(&purge_stmt, args, NULL);
 }
 
