@@ -321,7 +321,7 @@ CREATE FUNCTION outbox.worker_status()
 	RETURNS TABLE (database text, destination text, pid int, state text, publisher text,
 				   started_at timestamptz, last_batch_at timestamptz,
 				   messages_published bigint, attempts_failed bigint, batches bigint,
-				   last_error text, last_error_at timestamptz)
+				   last_error text, last_error_at timestamptz, backlog bigint)
 	AS 'MODULE_PATHNAME', 'outbox_worker_status'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 

@@ -230,7 +230,9 @@ timestamp_or_null(TimestampTz value, bool *isnull)
  * destination "default") and per destination worker, copied from shared
  * memory.  The last error of another database's worker is shown only to
  * roles with the privileges of pg_read_all_stats, as pg_stat_activity
- * shows other sessions' queries.
+ * shows other sessions' queries.  A main worker's row also has the backlog
+ * counter outbox.max_backlog is checked against (NULL while it is not
+ * counted: outbox.max_backlog is 0, or the worker has not counted yet).
  */
 Datum
 outbox_worker_status(PG_FUNCTION_ARGS)
@@ -247,8 +249,8 @@ outbox_worker_status(PG_FUNCTION_ARGS)
 	for (i = 0; i < n; i++)
 	{
 		OutboxStatusView *row = &rows[i];
-		Datum		values[12];
-		bool		nulls[12] = {false};
+		Datum		values[13];
+		bool		nulls[13] = {false};
 		bool		error_shown = all_stats ||
 			(current_db != NULL && strcmp(row->dbname, current_db) == 0);
 
@@ -267,6 +269,8 @@ outbox_worker_status(PG_FUNCTION_ARGS)
 		values[10] = CStringGetTextDatum(row->last_error);
 		nulls[10] = row->last_error[0] == '\0' || !error_shown;
 		values[11] = timestamp_or_null(row->last_error_at, &nulls[11]);
+		values[12] = Int64GetDatum(Max(row->backlog, 0));
+		nulls[12] = !row->backlog_known;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -1288,6 +1288,8 @@ outbox_shmem_status_rows(OutboxStatusView *rows, int max_rows)
 		strlcpy(row->destination, "default", NAMEDATALEN);
 		row->pid = s->pid;
 		status_copy(&s->status, row);
+		row->backlog_known = pg_atomic_read_u32(&s->backlog_known) != 0;
+		row->backlog = (int64) pg_atomic_read_u64(&s->backlog);
 	}
 	for (i = 0; i < OUTBOX_MAX_DESTINATION_WORKERS && n < max_rows; i++)
 	{
@@ -1301,6 +1303,7 @@ outbox_shmem_status_rows(OutboxStatusView *rows, int max_rows)
 		strlcpy(row->destination, d->name, NAMEDATALEN);
 		row->pid = d->pid;
 		status_copy(&d->status, row);
+		row->backlog_known = false;
 	}
 	LWLockRelease(OutboxShared->lock);
 	return n;

@@ -65,6 +65,8 @@ typedef struct OutboxStatusView
 	uint64		batches;
 	char		last_error[OUTBOX_STATUS_ERROR_LEN];
 	TimestampTz last_error_at;
+	bool		backlog_known;	/* a main worker's row: its database's counter */
+	int64		backlog;
 } OutboxStatusView;
 
 /* Module start (outbox.c): from shmem_request_hook and shmem_startup_hook. */

@@ -30,7 +30,8 @@
 #                       120/121_nats, 130-132_amqp, 140-142_redis) fail instead of
 #                       skipping when a plug-in (outbox_kafka, outbox_nats,
 #                       outbox_amqp, outbox_redis), its test helper or its server
-#                       (nats-server, rabbitmq-server, redis-server) is missing
+#                       (nats-server, rabbitmq-server, redis-server) is missing;
+#                       so does 160_prometheus without prometheus-postgres-exporter
 #   PG_TEST_TIMEOUT_DEFAULT, PG_TEST_EXTRA   passed on to the TAP framework
 #
 # Output ends with a line "N passed, N failed" counting suites.  The exit
