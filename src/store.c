@@ -184,14 +184,22 @@
 
 /*
  * With destinations, a processed message replayed to a destination
- * (outbox.replay) stays while that delivery is unfinished or failed.
+ * (outbox.replay) stays while that delivery is unfinished or failed: the
+ * worker locks the candidates (as PURGE_SQL chooses them), asks as the
+ * outbox's owner which of them have such a delivery (only the owner reads
+ * outbox.delivery), and deletes the others, so that its role needs no more
+ * privileges than without destinations.
  */
-#define PURGE_ROUTED_SQL \
-	"DELETE FROM outbox.messages WHERE id IN (" \
-	"  SELECT m.id FROM outbox.messages m WHERE m.id < $2 AND m.status = 'processed' " \
-	"  AND m.processed_at < $1 AND NOT EXISTS (SELECT 1 FROM outbox.delivery x " \
-	"    WHERE x.message_id = m.id AND x.status <> 'processed') " \
-	"  ORDER BY m.id LIMIT $3 FOR UPDATE OF m SKIP LOCKED)"
+#define PURGE_CANDIDATES_SQL \
+	"SELECT id FROM outbox.messages WHERE id < $2 AND status = 'processed' " \
+	"AND processed_at < $1 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"
+
+#define PURGE_REPLAYED_SQL \
+	"SELECT DISTINCT x.message_id FROM outbox.delivery x " \
+	"WHERE x.message_id = ANY ($1) AND x.status <> 'processed'"
+
+#define PURGE_IDS_SQL \
+	"DELETE FROM outbox.messages WHERE id = ANY ($1) AND id <> ALL ($2)"
 
 /*
  * The earliest retry still to come among the oldest pending messages, for
@@ -269,8 +277,16 @@ static OutboxStatement purge_stmt = {
 	.sql = PURGE_SQL, .nargs = 3, .argtypes = {TIMESTAMPTZOID, UUIDOID, INT4OID},
 	.read_only = false, .expected = SPI_OK_DELETE, .action = "purge outbox messages"
 };
-static OutboxStatement purge_routed_stmt = {
-	.sql = PURGE_ROUTED_SQL, .nargs = 3, .argtypes = {TIMESTAMPTZOID, UUIDOID, INT4OID},
+static OutboxStatement purge_candidates_stmt = {
+	.sql = PURGE_CANDIDATES_SQL, .nargs = 3, .argtypes = {TIMESTAMPTZOID, UUIDOID, INT4OID},
+	.read_only = false, .expected = SPI_OK_SELECT, .action = "purge outbox messages"
+};
+static OutboxStatement purge_replayed_stmt = {
+	.sql = PURGE_REPLAYED_SQL, .nargs = 1, .argtypes = {UUIDARRAYOID},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "purge outbox messages"
+};
+static OutboxStatement purge_ids_stmt = {
+	.sql = PURGE_IDS_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, UUIDARRAYOID},
 	.read_only = false, .expected = SPI_OK_DELETE, .action = "purge outbox messages"
 };
 /* Not read-only: it must see the retries the marks just scheduled. */
@@ -981,6 +997,53 @@ outbox_store_recover_stuck(void)
 	return store_run(&recover_stmt, args, NULL);
 }
 
+/* The ids in the first column of SPI's result, as a uuid[] in context. */
+static ArrayType *
+result_ids(uint64 n, MemoryContext context)
+{
+	MemoryContext old = MemoryContextSwitchTo(context);
+	pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * Max(n, 1));
+	ArrayType  *array;
+	uint64		i;
+	bool		isnull;
+
+	for (i = 0; i < n; i++)
+		memcpy(ids[i].data, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i],
+														SPI_tuptable->tupdesc, 1,
+														&isnull))->data, UUID_LEN);
+	array = outbox_uuid_array(ids, (int) n);
+	MemoryContextSwitchTo(old);
+	return array;
+}
+
+/*
+ * The purge with destinations (PURGE_CANDIDATES_SQL): lock the candidates,
+ * leave out those with an unfinished replayed delivery, delete the rest.
+ */
+static int
+purge_unless_replayed(Datum *args)
+{
+	int			guc_level = outbox_store_connect();
+	MemoryContext context = CurrentMemoryContext;
+	OutboxStoreCall call;
+	Datum		ids[2];
+	uint64		n;
+	int			count = 0;
+
+	n = outbox_store_execute(&purge_candidates_stmt, args, NULL, InvalidSnapshot, 0);
+	if (n > 0)
+	{
+		ids[0] = PointerGetDatum(result_ids(n, context));
+		outbox_store_connect_as_owner(&call);
+		n = outbox_store_execute(&purge_replayed_stmt, ids, NULL, InvalidSnapshot, 0);
+		ids[1] = PointerGetDatum(result_ids(n, context));
+		outbox_store_finish_as_owner(&call);
+		count = (int) outbox_store_execute(&purge_ids_stmt, ids, NULL, InvalidSnapshot, 0);
+	}
+	outbox_store_finish(guc_level);
+	return count;
+}
+
 /*
  * Delete up to max_rows processed messages older than outbox.retention.
  * Returns how many were deleted.
@@ -1009,16 +1072,7 @@ outbox_store_purge_processed(int max_rows)
 	args[1] = UUIDPGetDatum(&bound);
 	args[2] = Int32GetDatum(max_rows);
 	if (outbox_have_destinations())
-	{
-		/* it reads outbox.delivery, which only the outbox's owner reads */
-		OutboxStoreCall call;
-		int			count;
-
-		outbox_store_connect_as_owner(&call);
-		count = (int) outbox_store_execute(&purge_routed_stmt, args, NULL, InvalidSnapshot, 0);
-		outbox_store_finish_as_owner(&call);
-		return count;
-	}
+		return purge_unless_replayed(args);
 	return store_run(&purge_stmt, args, NULL);
 }
 
