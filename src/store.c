@@ -1025,14 +1025,15 @@ purge_unless_replayed(Datum *args)
 {
 	int			guc_level = outbox_store_connect();
 	MemoryContext context = CurrentMemoryContext;
-	OutboxStoreCall call;
-	Datum		ids[2];
 	uint64		n;
 	int			count = 0;
 
 	n = outbox_store_execute(&purge_candidates_stmt, args, NULL, InvalidSnapshot, 0);
 	if (n > 0)
 	{
+		OutboxStoreCall call;
+		Datum		ids[2];
+
 		ids[0] = PointerGetDatum(result_ids(n, context));
 		outbox_store_connect_as_owner(&call);
 		n = outbox_store_execute(&purge_replayed_stmt, ids, NULL, InvalidSnapshot, 0);
