@@ -164,6 +164,24 @@ shutdown_publisher(int code, Datum arg)
 	publisher_ready = false;
 }
 
+/*
+ * Whether the publisher has a problem reported (it cannot publish: not
+ * configured, its server unreachable); a new one becomes the status's
+ * last_error.
+ */
+static bool
+publisher_problem(void)
+{
+	static uint64 reported_generation = 0;
+	uint64		generation;
+	const char *problem = outbox_publisher_problem(publisher->name, &generation);
+
+	if (problem != NULL && generation != reported_generation)
+		outbox_shmem_status_error(problem);
+	reported_generation = generation;
+	return problem != NULL;
+}
+
 /* Report the worker's state in shared memory, when it changed. */
 static void
 report_state(OutboxWorkerState state)
@@ -967,7 +985,7 @@ relay_loop(void)
 
 					more = relay_batch(&due);
 					next_retry = due;
-					report_state(failing ? OUTBOX_WORKER_FAILING :
+					report_state(failing || publisher_problem() ? OUTBOX_WORKER_FAILING :
 								 more ? OUTBOX_WORKER_PUBLISHING : OUTBOX_WORKER_IDLE);
 				}
 				else

@@ -9,7 +9,7 @@
 #  - states: paused (outbox.enabled off), publishing (a batch in progress),
 #    failing (the last attempts all failed, last_error the publisher's),
 #    backoff (an error of the worker's own), failing for an unknown
-#    publisher;
+#    publisher and for one that reports a problem (not configured);
 #  - a destination's worker has a row of its own, with its counts;
 #  - it reads no table: it answers while outbox.messages is locked;
 #  - another database's last_error is shown to pg_read_all_stats only.
@@ -183,8 +183,16 @@ is(status_of('default', db => 'other', role => 'watcher_all')->{error},
 is(status_of('default', role => 'watcher')->{error},
 	'outbox publisher "nonexistent" does not exist',
 	'nor in the worker\'s own database');
+# A publisher that cannot publish (not configured): failing, with its problem.
+set_conf($node, 'outbox.publisher' => 'http');
+$node->safe_psql('postgres', "SELECT outbox.save('status.http', '{}'::jsonb)");
+$s = wait_status('default', sub { $_[0]{state} eq 'failing' && $_[0]{publisher} eq 'http' },
+	'a publisher that is not configured: failing');
+like($s->{error}, qr/^outbox http publisher: outbox.http_url is not set/,
+	'with the problem it logged as last_error');
 set_conf($node, 'outbox.publisher' => 'notify');
-wait_status('default', sub { $_[0]{state} eq 'idle' }, 'a known publisher again: idle');
+wait_status('default', sub { $_[0]{state} eq 'idle' && $_[0]{publisher} eq 'notify' },
+	'a working publisher again: idle');
 
 ########################################################################
 # A destination worker.
