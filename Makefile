@@ -11,6 +11,7 @@ OBJS = \
 	src/store_api.o \
 	src/delivery.o \
 	src/destination.o \
+	src/operations.o \
 	src/worker.o \
 	src/launcher.o \
 	src/publisher.o \

@@ -29,12 +29,14 @@
 # succeed: the packages are then the user's business.
 
 # The one list.  test has the client libraries of the broker plug-ins (each
-# is built when its library is installed) and the servers their tests start.
+# is built when its library is installed), the servers their tests start,
+# and the Prometheus exporter that test/t/160_prometheus.pl runs.
 outbox_packages_build=(build-essential postgresql-server-dev-15 libcurl4-openssl-dev pkg-config)
 outbox_packages_demo=(postgresql-15)
 outbox_packages_test=(postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl libipc-run-perl
     python3 python3-psycopg2 openssl
-    librdkafka-dev libnats-dev nats-server librabbitmq-dev rabbitmq-server libhiredis-dev redis-server)
+    librdkafka-dev libnats-dev nats-server librabbitmq-dev rabbitmq-server libhiredis-dev redis-server
+    prometheus-postgres-exporter)
 outbox_packages_bench=(postgresql-15-pgq3 python3 python3-psycopg2)
 outbox_packages_pgbuild=(build-essential dpkg-dev bison flex perl libipc-run-perl zlib1g-dev liblz4-dev
     bzip2 xz-utils patch debian-archive-keyring)

@@ -205,3 +205,149 @@ REVOKE ALL ON FUNCTION outbox.route(), outbox.create_destination(text, text, jso
 	outbox.destination_position(int), outbox.fetch_pending(int, text),
 	outbox.mark_processed(uuid[], text), outbox.mark_failed(uuid, text, text),
 	outbox.retry_failed(uuid[], text) FROM PUBLIC;
+
+-- outbox.stats reads no processed row any more (the same columns, so the
+-- grants on it stay).  Per topic: pending, processing and failed messages, and the age of the
+-- oldest pending one (from its id: a UUIDv7 starts with its millisecond);
+-- plus a row with topic NULL for all topics, whose processed column is an
+-- estimate from the statistics system (live rows less the unfinished
+-- ones).  Only the partial indexes of the unfinished messages are read,
+-- never the processed rows.
+CREATE OR REPLACE VIEW outbox.stats AS
+	SELECT s.topic, s.pending, s.processing,
+		   CASE WHEN s.topic IS NULL THEN
+				greatest(0, pg_stat_get_live_tuples('outbox.messages'::regclass)
+							- s.pending - s.processing - s.failed) END AS processed,
+		   s.failed,
+		   CASE WHEN substr(s.oldest, 15, 1) = '7' THEN greatest(interval '0',
+				now() - to_timestamp(('x' || replace(left(s.oldest, 13), '-', ''))::bit(48)::bigint
+									 / 1000.0)) END AS oldest_pending_age
+	FROM (SELECT u.topic,
+				 count(*) FILTER (WHERE u.status = 'pending') AS pending,
+				 count(*) FILTER (WHERE u.status = 'processing') AS processing,
+				 count(*) FILTER (WHERE u.status = 'failed') AS failed,
+				 min(u.id::text) FILTER (WHERE u.status = 'pending') AS oldest
+		  FROM (SELECT m.topic, m.status, m.id FROM outbox.messages m
+				WHERE m.status = 'pending' AND m.destinations IS NULL
+				UNION ALL
+				SELECT m.topic, m.status, m.id FROM outbox.messages m
+				WHERE m.status = 'pending' AND m.destinations IS NOT NULL
+				UNION ALL
+				SELECT m.topic, m.status, m.id FROM outbox.messages m
+				WHERE m.status = 'processing'
+				UNION ALL
+				SELECT m.topic, m.status, m.id FROM outbox.messages m
+				WHERE m.status = 'failed') u
+		  GROUP BY ROLLUP (u.topic)) s;
+
+-- Operations (0.3.0): live status without table scans, replay, dead letters.
+-- Failed messages and deliveries are rare: a partial index on each costs
+-- nothing when saving (a new row is pending) and lets the stats and
+-- retry_failed() find them without reading the processed ones.
+CREATE INDEX messages_failed_idx ON outbox.messages (id) WHERE status = 'failed';
+CREATE INDEX delivery_failed_idx ON outbox.delivery (destination_id, message_id)
+	WHERE status = 'failed';
+
+-- What a database's workers are doing, from shared memory (no table read).
+CREATE FUNCTION outbox.worker_status()
+	RETURNS TABLE (database text, destination text, pid int, state text, publisher text,
+				   started_at timestamptz, last_batch_at timestamptz,
+				   messages_published bigint, attempts_failed bigint, batches bigint,
+				   last_error text, last_error_at timestamptz, backlog bigint)
+	AS 'MODULE_PATHNAME', 'outbox_worker_status'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+-- Per destination (the default one and each destination): what waits for
+-- it, through the partial indexes; oldest_pending_age from the oldest
+-- waiting id (a UUIDv7 starts with its millisecond).
+CREATE VIEW outbox.destination_stats AS
+	SELECT 'default'::text AS destination,
+		   CASE WHEN current_setting('outbox.enabled', true) = 'off' THEN 'paused'
+				ELSE 'ok' END AS state,
+		   (SELECT count(*) FROM outbox.messages m
+			WHERE m.status = 'pending' AND m.destinations IS NULL) AS pending,
+		   (SELECT count(*) FROM outbox.messages m WHERE m.status = 'processing') AS processing,
+		   (SELECT count(*) FROM outbox.messages m
+			WHERE m.status = 'failed' AND m.destinations IS NULL) AS failed,
+		   (SELECT CASE WHEN substr(m.id::text, 15, 1) = '7' THEN greatest(interval '0',
+				   now() - to_timestamp(('x' || replace(left(m.id::text, 13), '-', ''))::bit(48)::bigint
+										/ 1000.0)) END
+			FROM outbox.messages m WHERE m.status = 'pending' AND m.destinations IS NULL
+			ORDER BY m.id LIMIT 1) AS oldest_pending_age
+	UNION ALL
+	SELECT d.name,
+		   CASE WHEN d.disabled_at IS NOT NULL THEN 'disabled'
+				WHEN d.paused THEN 'paused'
+				WHEN d.failing_since IS NOT NULL THEN 'failing'
+				ELSE 'ok' END,
+		   w.log_pending + w.retry_pending,
+		   w.processing,
+		   w.failed,
+		   CASE WHEN substr(w.oldest::text, 15, 1) = '7' THEN greatest(interval '0',
+				now() - to_timestamp(('x' || replace(left(w.oldest::text, 13), '-', ''))::bit(48)::bigint
+									 / 1000.0)) END
+	FROM outbox.destination d
+	CROSS JOIN LATERAL (
+		SELECT (SELECT count(*) FROM outbox.messages m
+				WHERE m.status = 'pending' AND m.destinations IS NOT NULL
+				AND m.id > p.upto AND d.id = ANY (m.destinations)) AS log_pending,
+			   (SELECT count(*) FROM outbox.delivery x
+				WHERE x.destination_id = d.id AND x.status = 'pending') AS retry_pending,
+			   (SELECT count(*) FROM outbox.delivery x
+				WHERE x.destination_id = d.id AND x.status = 'processing') AS processing,
+			   (SELECT count(*) FROM outbox.delivery x
+				WHERE x.destination_id = d.id AND x.status = 'failed') AS failed,
+			   least((SELECT m.id FROM outbox.messages m
+					  WHERE m.status = 'pending' AND m.destinations IS NOT NULL
+					  AND m.id > p.upto AND d.id = ANY (m.destinations) ORDER BY m.id LIMIT 1),
+					 (SELECT x.message_id FROM outbox.delivery x
+					  WHERE x.destination_id = d.id AND x.status = 'pending'
+					  ORDER BY x.message_id LIMIT 1)) AS oldest
+		FROM (SELECT coalesce((SELECT p.upto FROM outbox.destination_progress p
+							   WHERE p.destination_id = d.id ORDER BY p.upto DESC LIMIT 1),
+							  '00000000-0000-0000-0000-000000000000'::uuid) AS upto) p) w;
+
+-- Dead letters: failed messages of the default destination and failed
+-- deliveries, by destination and error.
+CREATE VIEW outbox.dead_letters AS
+	SELECT f.destination, f.error, count(*) AS failed,
+		   min(f.failed_at) AS first_failed_at, max(f.failed_at) AS last_failed_at,
+		   min(f.message_id::text)::uuid AS oldest_message_id,
+		   array_agg(DISTINCT f.topic ORDER BY f.topic) AS topics
+	FROM (SELECT 'default'::text AS destination, m.last_error AS error, m.id AS message_id,
+				 m.topic, coalesce(m.processed_at, m.created_at) AS failed_at
+		  FROM outbox.messages m WHERE m.status = 'failed' AND m.destinations IS NULL
+		  UNION ALL
+		  SELECT d.name, x.last_error, x.message_id, m.topic,
+				 coalesce(x.processed_at, x.next_attempt_at)
+		  FROM outbox.delivery x
+		  JOIN outbox.destination d ON d.id = x.destination_id
+		  LEFT JOIN outbox.messages m ON m.id = x.message_id
+		  WHERE x.status = 'failed') f
+	GROUP BY f.destination, f.error;
+
+-- Publish processed messages again, with their ids, in id order.
+CREATE FUNCTION outbox.replay(since timestamptz, until timestamptz,
+							  topic_pattern text DEFAULT NULL,
+							  destination text DEFAULT NULL) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'outbox_replay'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION outbox.replay(ids uuid[]) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'outbox_replay_ids'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- Requeue failed messages and deliveries by filter.  Its first three
+-- arguments have no default (NULL: any), so that every call of the older
+-- signatures, retry_failed(), retry_failed(ids) and retry_failed(ids,
+-- destination), still resolves to them (and their grants).
+CREATE FUNCTION outbox.retry_failed(ids uuid[], destination text, topic_pattern text,
+									failed_after timestamptz DEFAULT NULL,
+									failed_before timestamptz DEFAULT NULL,
+									error_like text DEFAULT NULL) RETURNS int
+	AS 'MODULE_PATHNAME', 'outbox_retry_failed_where'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+REVOKE ALL ON outbox.destination_stats, outbox.dead_letters FROM PUBLIC;
+REVOKE ALL ON FUNCTION outbox.worker_status(),
+	outbox.replay(timestamptz, timestamptz, text, text), outbox.replay(uuid[]),
+	outbox.retry_failed(uuid[], text, text, timestamptz, timestamptz, text) FROM PUBLIC;

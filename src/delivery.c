@@ -91,9 +91,10 @@
  */
 #define INSERT_DELIVERIES_SQL \
 	"INSERT INTO outbox.delivery (destination_id, message_id, key, status, retries, " \
-	"last_error, next_attempt_at, claimed_at, claimed_by) " \
+	"last_error, next_attempt_at, claimed_at, claimed_by, processed_at) " \
 	"SELECT $1, r.id, r.key, r.status::outbox.message_status, r.retries, r.error, r.next, " \
-	"CASE WHEN $8 IS NULL THEN NULL ELSE $9 END, $8 " \
+	"CASE WHEN $8 IS NULL THEN NULL ELSE $9 END, $8, " \
+	"CASE WHEN r.status = 'failed' THEN $9 END " \
 	"FROM unnest($2::uuid[], $3::text[], $4::text[], $5::int[], $6::text[], $7::timestamptz[]) " \
 	"AS r(id, key, status, retries, error, next) " \
 	"ON CONFLICT (destination_id, message_id) DO NOTHING"
@@ -107,12 +108,14 @@
 /*
  * A failed attempt of a delivery row, as MARK_FAILED_SQL in store.c: $1 =
  * destination, $2 = id, $3 = error, $4 = permanent, $5 = max_retries, $6 =
- * retry_at or NULL, $7 = now, $8 = backoff base, $9 = backoff max.
+ * retry_at or NULL, $7 = now, $8 = backoff base, $9 = backoff max.  A
+ * delivery that fails for good records when, in processed_at.
  */
 #define DELIVERY_FAILED_SQL \
 	"UPDATE outbox.delivery SET retries = retries + 1, last_error = $3, " \
 	"status = CASE WHEN $4 OR retries + 1 >= $5 THEN 'failed'::outbox.message_status " \
 	"              ELSE 'pending'::outbox.message_status END, " \
+	"processed_at = CASE WHEN $4 OR retries + 1 >= $5 THEN $7 END, " \
 	"next_attempt_at = COALESCE($6, $7 + least($9::float8, $8::float8 * power(2, least(retries, 60))) " \
 	"                                 * (0.5 + random() * 0.5) * interval '1 millisecond'), " \
 	"claimed_at = NULL, claimed_by = NULL " \
@@ -797,25 +800,28 @@ outbox_delivery_record(OutboxDestination *destination, OutboxBatch *batch,
 /*
  * Finish the routed messages of a batch that every destination has passed,
  * in a transaction of its own after the batch's position committed.
+ * Returns how many were finished.
  */
-void
+int
 outbox_delivery_finalize(OutboxBatch *batch)
 {
 	Datum		args[2];
 	pg_uuid_t  *ids;
 	OutboxStoreCall call;
+	int			finished;
 	int			i;
 
 	if (batch->nmessages == 0)
-		return;
+		return 0;
 	ids = palloc(sizeof(pg_uuid_t) * batch->nmessages);
 	for (i = 0; i < batch->nmessages; i++)
 		ids[i] = batch->messages[i].id;
 	outbox_store_connect_as_owner(&call);
 	args[0] = PointerGetDatum(outbox_uuid_array(ids, batch->nmessages));
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	outbox_store_execute(&finalize_stmt, args, NULL, InvalidSnapshot, 0);
+	finished = (int) outbox_store_execute(&finalize_stmt, args, NULL, InvalidSnapshot, 0);
 	outbox_store_finish_as_owner(&call);
+	return finished;
 }
 
 /*

@@ -41,7 +41,7 @@ extern OutboxBatch *outbox_delivery_claim(OutboxDestination *destination,
 										  bool ordered_by_key);
 extern void outbox_delivery_record(OutboxDestination *destination, OutboxBatch *batch,
 								   OutboxPublishResult *results);
-extern void outbox_delivery_finalize(OutboxBatch *batch);
+extern int	outbox_delivery_finalize(OutboxBatch *batch);
 extern TimestampTz outbox_delivery_next_due(OutboxDestination *destination);
 
 /* delivery.c: maintenance, in the database's main worker. */

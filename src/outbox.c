@@ -54,6 +54,7 @@ int			outbox_retention = 7 * 24 * 3600;
 int			outbox_ordering = OUTBOX_ORDERING_KEY;
 bool		outbox_enabled = true;
 int			outbox_destination_disable_after = 5 * 24 * 3600;
+int			outbox_max_backlog = 0;
 
 static const struct config_enum_entry ordering_options[] = {
 	{"key", OUTBOX_ORDERING_KEY, false},
@@ -289,6 +290,15 @@ define_settings(void)
 							5 * 24 * 3600, 0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("outbox.max_backlog",
+							"Unfinished messages after which saving is refused; 0 never refuses.",
+							"Checked against a counter, approximately; see README.md.",
+							&outbox_max_backlog,
+							0, 0, INT_MAX,
+							PGC_SIGHUP,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("outbox.enabled",

@@ -46,5 +46,6 @@ extern int	outbox_retention;
 extern int	outbox_ordering;
 extern bool outbox_enabled;
 extern int	outbox_destination_disable_after;
+extern int	outbox_max_backlog;
 
 #endif							/* OUTBOX_H */

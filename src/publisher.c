@@ -137,6 +137,17 @@ outbox_publisher_names(void)
 }
 
 /*
+ * The problems of this process's publishers reported and not cleared yet,
+ * and how many reports there were, for the worker's status
+ * (outbox.worker_status()).
+ */
+#define MAX_OUTSTANDING_PROBLEMS 32
+static OutboxProblem *outstanding_problems[MAX_OUTSTANDING_PROBLEMS];
+static int	noutstanding_problems = 0;
+static uint64 problems_generation = 0;
+static char *problem_text = NULL;
+
+/*
  * Log a publisher's problem once, until its text changes.  Public API
  * (outbox_publisher.h).
  */
@@ -147,7 +158,10 @@ OutboxPublisherReportProblem(OutboxProblem *problem, const char *text, const cha
 		return;
 	if (problem->reported)
 		pfree(problem->reported);
+	else if (noutstanding_problems < MAX_OUTSTANDING_PROBLEMS)
+		outstanding_problems[noutstanding_problems++] = problem;
 	problem->reported = MemoryContextStrdup(TopMemoryContext, text);
+	problems_generation++;
 	ereport(WARNING,
 			(errcode(problem->sqlerrcode),
 			 errmsg("outbox %s publisher: %s", problem->publisher, text),
@@ -159,9 +173,50 @@ OutboxPublisherReportProblem(OutboxProblem *problem, const char *text, const cha
 void
 OutboxPublisherClearProblem(OutboxProblem *problem)
 {
+	int			i;
+
 	if (problem->reported)
 		pfree(problem->reported);
 	problem->reported = NULL;
+	for (i = 0; i < noutstanding_problems; i++)
+	{
+		if (outstanding_problems[i] == problem)
+		{
+			outstanding_problems[i] = outstanding_problems[--noutstanding_problems];
+			break;
+		}
+	}
+}
+
+/*
+ * A problem that the publisher of this name reported and did not clear
+ * (it cannot publish: messages stay pending), as "outbox <name> publisher:
+ * <text>", else NULL; valid until the next call.  *generation counts the
+ * reports, so that the worker shows each new one once.
+ */
+const char *
+outbox_publisher_problem(const char *publisher, uint64 *generation)
+{
+	int			i;
+
+	*generation = problems_generation;
+	for (i = 0; i < noutstanding_problems; i++)
+	{
+		OutboxProblem *problem = outstanding_problems[i];
+
+		if (strcmp(problem->publisher, publisher) == 0)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			if (problem_text)
+				pfree(problem_text);
+			problem_text = psprintf("outbox %s publisher: %s", problem->publisher,
+									problem->reported);
+			MemoryContextSwitchTo(old);
+			return problem_text;
+		}
+	}
+	return NULL;
 }
 
 /*

@@ -22,6 +22,7 @@ extern char *outbox_publisher_names(void);
  */
 extern bool outbox_publisher_take_wakeup(void);
 extern bool outbox_publisher_take_reload(void);
+extern const char *outbox_publisher_problem(const char *publisher, uint64 *generation);
 
 /* The log hook that keeps secrets out of the server log (module start). */
 extern void outbox_publisher_install_log_hook(void);

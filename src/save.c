@@ -59,6 +59,8 @@ generate_id(pg_uuid_t *id)
 	uint64		counter;
 
 	outbox_require_shared_state();
+	/* Refused once the backlog is full (outbox.max_backlog); counted else. */
+	outbox_shmem_admit_message();
 
 	now_ms = (uint64) (now / 1000) +
 		(uint64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;

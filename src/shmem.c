@@ -25,6 +25,14 @@
  *	  message can still commit;
  *	- the routing version, bumped by every commit that changed
  *	  subscriptions, for the backends' routing caches;
+ *	- per worker (of a database or of a destination), what it is doing and
+ *	  its totals since it started, for outbox.worker_status(): written by
+ *	  the worker once per batch (never per message) under a spinlock of the
+ *	  slot's own, so that neither savers nor the launcher wait for it;
+ *	- per database, the backlog counter outbox.max_backlog is checked
+ *	  against: committing transactions add what they saved, workers take
+ *	  away what they finished, and the main worker corrects it from the
+ *	  table every few seconds (an atomic, read without a lock);
  *	- the commit-time wake-up: a transaction that saved messages sets its
  *	  database's worker's latch (or the latches of the destinations it
  *	  routed them to) when it commits, or asks the launcher for a worker,
@@ -47,6 +55,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "mb/pg_wchar.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -55,6 +64,25 @@
 #include "outbox.h"
 #include "pg_compat.h"
 #include "shmem.h"
+
+/*
+ * What a worker reports of itself.  Written by the worker, read by
+ * outbox.worker_status(), both under mutex.  A new worker starts it afresh;
+ * when the worker is gone it keeps what the last one reported.
+ */
+typedef struct OutboxWorkerStatus
+{
+	slock_t		mutex;
+	OutboxWorkerState state;
+	char		publisher[NAMEDATALEN];
+	TimestampTz started_at;
+	TimestampTz last_batch_at;
+	uint64		published;
+	uint64		attempts_failed;
+	uint64		batches;
+	char		last_error[OUTBOX_STATUS_ERROR_LEN];
+	TimestampTz last_error_at;
+} OutboxWorkerStatus;
 
 /* One relayed database. */
 typedef struct OutboxWorkerSlot
@@ -84,6 +112,17 @@ typedef struct OutboxWorkerSlot
 
 	/* Bumped by commits that changed the database's destinations. */
 	pg_atomic_uint32 destinations_version;
+
+	/* Its main worker's status. */
+	OutboxWorkerStatus status;
+
+	/*
+	 * Unfinished (pending or processing) messages of the database, an int64
+	 * kept in a uint64: approximate (see outbox_shmem_admit_message), and
+	 * only checked once backlog_known says the main worker counted it.
+	 */
+	pg_atomic_uint64 backlog;
+	pg_atomic_uint32 backlog_known;
 } OutboxWorkerSlot;
 
 /* One destination's worker. */
@@ -99,6 +138,12 @@ typedef struct OutboxDestinationSlot
 
 	/* Bumped when the destination's row changed; no lock. */
 	pg_atomic_uint32 options_version;
+
+	/* Bumped by commits that requeued deliveries of it; no lock. */
+	pg_atomic_uint32 requeue_version;
+
+	/* Its worker's status. */
+	OutboxWorkerStatus status;
 } OutboxDestinationSlot;
 
 typedef struct OutboxSharedState
@@ -146,6 +191,8 @@ static bool wake_at_commit = false;
 static int64 saved_messages = 0;
 static int64 routed_messages = 0;
 static bool routing_changed = false;
+static int64 backlog_added = 0;		/* messages saved or requeued, less finished */
+static bool requeued_deliveries = false;
 static bool destinations_changed = false;
 #define MAX_WOKEN_DESTINATIONS 16
 static int32 woken_destinations[MAX_WOKEN_DESTINATIONS];
@@ -155,6 +202,24 @@ static bool horizon_set = false;
 static bool xact_callback_registered = false;
 
 static void register_xact_callback(void);
+static void note_woken_destinations(const int32 *destination_ids, int n);
+
+/* Start a status afresh: a new worker, or a slot given to another destination. */
+static void
+status_reset(OutboxWorkerStatus *status, OutboxWorkerState state, TimestampTz started_at)
+{
+	SpinLockAcquire(&status->mutex);
+	status->state = state;
+	status->publisher[0] = '\0';
+	status->started_at = started_at;
+	status->last_batch_at = 0;
+	status->published = 0;
+	status->attempts_failed = 0;
+	status->batches = 0;
+	status->last_error[0] = '\0';
+	status->last_error_at = 0;
+	SpinLockRelease(&status->mutex);
+}
 
 /* The size of the shared state, with a horizon entry per PGPROC. */
 static Size
@@ -193,6 +258,10 @@ fill_slots(void)
 		strlcpy(slot->dbname, (char *) lfirst(lc), NAMEDATALEN);
 		pg_atomic_init_u32(&slot->start_requested, 0);
 		pg_atomic_init_u32(&slot->destinations_version, 0);
+		SpinLockInit(&slot->status.mutex);
+		slot->status.state = OUTBOX_WORKER_STOPPED;
+		pg_atomic_init_u64(&slot->backlog, 0);
+		pg_atomic_init_u32(&slot->backlog_known, 0);
 	}
 	OutboxShared->nslots = n;
 	list_free(names);
@@ -220,7 +289,14 @@ outbox_shmem_startup(void)
 		OutboxShared->id_last_counter = 0;
 		fill_slots();
 		for (i = 0; i < OUTBOX_MAX_DESTINATION_WORKERS; i++)
-			pg_atomic_init_u32(&OutboxShared->destinations[i].options_version, 0);
+		{
+			OutboxDestinationSlot *d = &OutboxShared->destinations[i];
+
+			pg_atomic_init_u32(&d->options_version, 0);
+			pg_atomic_init_u32(&d->requeue_version, 0);
+			SpinLockInit(&d->status.mutex);
+			d->status.state = OUTBOX_WORKER_STOPPED;
+		}
 		pg_atomic_init_u64(&OutboxShared->routing_version, 1);
 		OutboxShared->nhorizon = MaxBackends;
 		for (i = 0; i < MaxBackends; i++)
@@ -400,7 +476,11 @@ wake_destination_workers(void)
 				break;
 		}
 		if (wake_all_destinations || j < nwoken_destinations)
+		{
+			if (requeued_deliveries)
+				pg_atomic_fetch_add_u32(&d->requeue_version, 1);
 			latches[nlatches++] = d->latch;
+		}
 	}
 	LWLockRelease(OutboxShared->lock);
 	for (i = 0; i < nlatches; i++)
@@ -458,6 +538,9 @@ end_of_xact_callback(XactEvent event, void *arg)
 		pg_atomic_fetch_add_u64(&OutboxShared->routing_version, 1);
 	if (commit && my_database_slot >= 0)
 	{
+		if (backlog_added != 0)
+			pg_atomic_fetch_add_u64(&OutboxShared->slots[my_database_slot].backlog,
+									backlog_added);
 		if (destinations_changed)
 			pg_atomic_fetch_add_u32(&OutboxShared->slots[my_database_slot].destinations_version, 1);
 		if ((wake_at_commit && saved_messages > routed_messages) || destinations_changed)
@@ -465,6 +548,8 @@ end_of_xact_callback(XactEvent event, void *arg)
 		if (nwoken_destinations > 0 || wake_all_destinations)
 			wake_destination_workers();
 	}
+	backlog_added = 0;
+	requeued_deliveries = false;
 	wake_at_commit = false;
 	saved_messages = 0;
 	routed_messages = 0;
@@ -509,14 +594,40 @@ outbox_wake_worker_at_commit(void)
 void
 outbox_wake_destinations_at_commit(const int32 *destination_ids, int n)
 {
+	if (OutboxShared == NULL)
+		return;
+	routed_messages++;
+	note_woken_destinations(destination_ids, n);
+}
+
+/*
+ * Note that the current transaction requeued deliveries of these
+ * destinations (replay, retry_failed; NULL: of any destination): at commit
+ * their workers are woken and look at their deliveries again.
+ */
+void
+outbox_requeued_deliveries_at_commit(const int32 *destination_ids, int n)
+{
+	if (OutboxShared == NULL)
+		return;
+	requeued_deliveries = true;
+	note_woken_destinations(destination_ids, n);
+}
+
+/*
+ * Add destinations to those the current transaction's commit wakes (all of
+ * them once there are too many to list).
+ */
+static void
+note_woken_destinations(const int32 *destination_ids, int n)
+{
 	int			i;
 	int			j;
 
-	if (OutboxShared == NULL)
-		return;
 	register_xact_callback();
 	(void) database_slot();
-	routed_messages++;
+	if (destination_ids == NULL)
+		wake_all_destinations = true;
 	for (j = 0; j < n && !wake_all_destinations; j++)
 	{
 		for (i = 0; i < nwoken_destinations; i++)
@@ -686,6 +797,7 @@ outbox_shmem_attach_worker(int slot, char *dbname)
 		s->latch = MyLatch;
 		s->dboid = InvalidOid;
 		s->inflight = false;
+		status_reset(&s->status, OUTBOX_WORKER_IDLE, GetCurrentTimestamp());
 	}
 	LWLockRelease(OutboxShared->lock);
 
@@ -697,6 +809,7 @@ outbox_shmem_attach_worker(int slot, char *dbname)
 		proc_exit(0);
 	}
 	my_worker_slot = slot;
+	my_database_slot = slot;
 	before_shmem_exit(detach_worker, (Datum) 0);
 	/* This worker's first claim serves the commits that asked for it. */
 	pg_atomic_write_u32(&s->start_requested, 0);
@@ -909,6 +1022,7 @@ outbox_shmem_sync_destinations(const int32 *ids, char *const *names,
 				found->db_slot = db;
 				found->destination_id = ids[i];
 				strlcpy(found->name, names[i], NAMEDATALEN);
+				status_reset(&found->status, OUTBOX_WORKER_STOPPED, 0);
 			}
 		}
 		if (found == NULL)
@@ -991,6 +1105,7 @@ outbox_shmem_attach_destination_worker(int slot, char *dbname, int32 *destinatio
 		{
 			d->pid = MyProcPid;
 			d->latch = MyLatch;
+			status_reset(&d->status, OUTBOX_WORKER_IDLE, GetCurrentTimestamp());
 		}
 	}
 	LWLockRelease(OutboxShared->lock);
@@ -1031,4 +1146,274 @@ uint32
 outbox_shmem_destinations_version(void)
 {
 	return pg_atomic_read_u32(&OutboxShared->slots[my_worker_slot].destinations_version);
+}
+
+/* This process's status: its worker slot's or its destination slot's. */
+static OutboxWorkerStatus *
+my_status(void)
+{
+	if (OutboxShared == NULL)
+		return NULL;
+	if (my_worker_slot >= 0)
+		return &OutboxShared->slots[my_worker_slot].status;
+	if (my_destination_slot >= 0)
+		return &OutboxShared->destinations[my_destination_slot].status;
+	return NULL;
+}
+
+/* Record the publisher the worker uses. */
+void
+outbox_shmem_status_set_publisher(const char *publisher)
+{
+	OutboxWorkerStatus *status = my_status();
+
+	if (status == NULL)
+		return;
+	SpinLockAcquire(&status->mutex);
+	strlcpy(status->publisher, publisher, NAMEDATALEN);
+	SpinLockRelease(&status->mutex);
+}
+
+/* Record what the worker is doing. */
+void
+outbox_shmem_status_set_state(OutboxWorkerState state)
+{
+	OutboxWorkerStatus *status = my_status();
+
+	if (status == NULL)
+		return;
+	SpinLockAcquire(&status->mutex);
+	status->state = state;
+	SpinLockRelease(&status->mutex);
+}
+
+/*
+ * Copy an error into a status's last_error, cut at a character boundary,
+ * with the time; the caller holds the status's mutex.  len was measured
+ * before, outside the spinlock.
+ */
+static void
+status_copy_error(OutboxWorkerStatus *status, const char *error, int len, TimestampTz now)
+{
+	memcpy(status->last_error, error, len);
+	status->last_error[len] = '\0';
+	status->last_error_at = now;
+}
+
+/* How much of an error a status keeps: whole characters, under the limit. */
+static int
+status_error_length(const char *error)
+{
+	int			len = (int) strlen(error);
+
+	if (len < OUTBOX_STATUS_ERROR_LEN)
+		return len;
+	return pg_mbcliplen(error, len, OUTBOX_STATUS_ERROR_LEN - 1);
+}
+
+/*
+ * Record a batch whose results are committed: its messages published and
+ * its failed attempts, added to the totals, and the last of its errors
+ * (NULL: none).  Once per batch.
+ */
+void
+outbox_shmem_status_batch(uint64 published, uint64 attempts_failed, const char *error)
+{
+	OutboxWorkerStatus *status = my_status();
+	TimestampTz now = GetCurrentTimestamp();
+	int			len = error ? status_error_length(error) : 0;
+
+	if (status == NULL)
+		return;
+	SpinLockAcquire(&status->mutex);
+	status->published += published;
+	status->attempts_failed += attempts_failed;
+	status->batches++;
+	status->last_batch_at = now;
+	if (error)
+		status_copy_error(status, error, len, now);
+	SpinLockRelease(&status->mutex);
+}
+
+/* Record an error that is not a publisher's result (the worker's own). */
+void
+outbox_shmem_status_error(const char *error)
+{
+	OutboxWorkerStatus *status = my_status();
+	int			len = status_error_length(error);
+
+	if (status == NULL)
+		return;
+	SpinLockAcquire(&status->mutex);
+	status_copy_error(status, error, len, GetCurrentTimestamp());
+	SpinLockRelease(&status->mutex);
+}
+
+/* Copy a status into a view row. */
+static void
+status_copy(OutboxWorkerStatus *status, OutboxStatusView *row)
+{
+	SpinLockAcquire(&status->mutex);
+	row->state = status->state;
+	strlcpy(row->publisher, status->publisher, NAMEDATALEN);
+	row->started_at = status->started_at;
+	row->last_batch_at = status->last_batch_at;
+	row->published = status->published;
+	row->attempts_failed = status->attempts_failed;
+	row->batches = status->batches;
+	strlcpy(row->last_error, status->last_error, OUTBOX_STATUS_ERROR_LEN);
+	row->last_error_at = status->last_error_at;
+	SpinLockRelease(&status->mutex);
+	if (row->pid == 0)
+		row->state = OUTBOX_WORKER_STOPPED;
+}
+
+/*
+ * Copy the status of every worker of the server into rows (room for
+ * max_rows): each relayed database's main worker, then each destination
+ * worker that its main worker wants.  Returns how many rows were filled.
+ */
+int
+outbox_shmem_status_rows(OutboxStatusView *rows, int max_rows)
+{
+	int			n = 0;
+	int			i;
+
+	outbox_require_shared_state();
+	LWLockAcquire(OutboxShared->lock, LW_SHARED);
+	for (i = 0; i < OutboxShared->nslots && n < max_rows; i++)
+	{
+		OutboxWorkerSlot *s = &OutboxShared->slots[i];
+		OutboxStatusView *row = &rows[n++];
+
+		strlcpy(row->dbname, s->dbname, NAMEDATALEN);
+		strlcpy(row->destination, "default", NAMEDATALEN);
+		row->pid = s->pid;
+		status_copy(&s->status, row);
+		row->backlog_known = pg_atomic_read_u32(&s->backlog_known) != 0;
+		row->backlog = (int64) pg_atomic_read_u64(&s->backlog);
+	}
+	for (i = 0; i < OUTBOX_MAX_DESTINATION_WORKERS && n < max_rows; i++)
+	{
+		OutboxDestinationSlot *d = &OutboxShared->destinations[i];
+		OutboxStatusView *row;
+
+		if (!d->in_use)
+			continue;
+		row = &rows[n++];
+		strlcpy(row->dbname, OutboxShared->slots[d->db_slot].dbname, NAMEDATALEN);
+		strlcpy(row->destination, d->name, NAMEDATALEN);
+		row->pid = d->pid;
+		status_copy(&d->status, row);
+		row->backlog_known = false;
+	}
+	LWLockRelease(OutboxShared->lock);
+	return n;
+}
+
+/*
+ * The save path, once per message (save() and the batch path, before the
+ * row is inserted): refuse the message with 53400 when the backlog of this
+ * backend's database has reached outbox.max_backlog, else count it for the
+ * commit.
+ *
+ * The check is approximate, by design: it costs an atomic read, never a
+ * count of rows.  The backlog it reads is what committed transactions
+ * saved or requeued, less what workers finished (each one after its batch
+ * committed), plus what this transaction saved so far; it misses what
+ * other transactions saved and have not committed yet, and counts what a
+ * worker finished but has not taken away yet (at most one batch per
+ * worker).  Messages of aborted subtransactions, rows deleted by hand,
+ * COMMIT PREPARED and the old retry_failed() calls make it drift, and the
+ * main worker corrects it from the table every few seconds.  Until the
+ * main worker first counted it (after a start, or when max_backlog was
+ * 0), nothing is refused.  Databases that are not relayed have no
+ * counter, and no limit.
+ */
+void
+outbox_shmem_admit_message(void)
+{
+	OutboxWorkerSlot *slot;
+	int			db;
+
+	if (OutboxShared == NULL)
+		return;
+	register_xact_callback();
+	db = database_slot();
+	if (db < 0)
+		return;
+	slot = &OutboxShared->slots[db];
+	if (outbox_max_backlog > 0 && pg_atomic_read_u32(&slot->backlog_known) != 0)
+	{
+		int64		backlog = (int64) pg_atomic_read_u64(&slot->backlog) + backlog_added;
+
+		if (backlog >= outbox_max_backlog)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("the outbox of database \"%s\" is full", slot->dbname),
+					 errdetail("%lld messages are waiting to be published; outbox.max_backlog is %d.",
+							   (long long) backlog, outbox_max_backlog),
+					 errhint("Saving works again as the relay publishes them; see outbox.worker_status().")));
+	}
+	backlog_added++;
+}
+
+/*
+ * Note that the current transaction adds delta messages to its database's
+ * backlog (requeued: positive; finished by an external relay: negative),
+ * counted when it commits.
+ */
+void
+outbox_backlog_changes_at_commit(int64 delta)
+{
+	if (OutboxShared == NULL || delta == 0)
+		return;
+	register_xact_callback();
+	if (database_slot() < 0)
+		return;
+	backlog_added += delta;
+}
+
+/* A worker's batch finished these messages (its marks committed). */
+void
+outbox_shmem_backlog_finished(int64 messages)
+{
+	if (OutboxShared == NULL || my_database_slot < 0 || messages == 0)
+		return;
+	pg_atomic_fetch_sub_u64(&OutboxShared->slots[my_database_slot].backlog, messages);
+}
+
+/* The main worker: its database's backlog counter as it stands. */
+int64
+outbox_shmem_backlog_read(void)
+{
+	return (int64) pg_atomic_read_u64(&OutboxShared->slots[my_worker_slot].backlog);
+}
+
+/*
+ * The main worker: correct its database's backlog counter by delta (the
+ * count from the table less the counter read before it), and let the save
+ * path check it from now on.
+ */
+void
+outbox_shmem_backlog_correct(int64 delta)
+{
+	OutboxWorkerSlot *slot = &OutboxShared->slots[my_worker_slot];
+
+	pg_atomic_fetch_add_u64(&slot->backlog, delta);
+	pg_atomic_write_u32(&slot->backlog_known, 1);
+}
+
+/* The main worker: stop checking the counter (outbox.max_backlog is 0). */
+void
+outbox_shmem_backlog_forget(void)
+{
+	pg_atomic_write_u32(&OutboxShared->slots[my_worker_slot].backlog_known, 0);
+}
+
+/* The version of this destination worker's requeued deliveries. */
+uint32
+outbox_shmem_requeue_version(void)
+{
+	return pg_atomic_read_u32(&OutboxShared->destinations[my_destination_slot].requeue_version);
 }

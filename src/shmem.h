@@ -3,8 +3,9 @@
  * shmem.h
  *		The extension's shared memory, and the only way to it: the UUIDv7
  *		clock, the launcher, and one slot per relayed database (its
- *		worker, the batch that worker has in flight, start requests and
- *		pauses).  See shmem.c.
+ *		worker, the batch that worker has in flight, start requests,
+ *		pauses, the worker's status and the database's backlog counter).
+ *		See shmem.c.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -34,6 +35,39 @@ typedef struct OutboxDestinationView
 	char		dbname[NAMEDATALEN];
 	TimestampTz paused_until;	/* its database's DROP DATABASE pause */
 } OutboxDestinationView;
+
+/* What a worker is doing, as outbox.worker_status() shows it. */
+typedef enum OutboxWorkerState
+{
+	OUTBOX_WORKER_IDLE,			/* nothing due: waiting for a commit or a retry */
+	OUTBOX_WORKER_PUBLISHING,	/* a batch is in progress */
+	OUTBOX_WORKER_BACKOFF,		/* pausing after an error of its own */
+	OUTBOX_WORKER_PAUSED,		/* outbox.enabled is off */
+	OUTBOX_WORKER_STOPPED,		/* no worker runs */
+	OUTBOX_WORKER_FAILING		/* its last attempts all failed */
+} OutboxWorkerState;
+
+/* Longest last_error kept in a status, in bytes. */
+#define OUTBOX_STATUS_ERROR_LEN 512
+
+/* A copy of one worker's status (outbox.worker_status()). */
+typedef struct OutboxStatusView
+{
+	char		dbname[NAMEDATALEN];
+	char		destination[NAMEDATALEN];	/* "default" for the main worker */
+	pid_t		pid;			/* 0 when no worker runs */
+	OutboxWorkerState state;
+	char		publisher[NAMEDATALEN];
+	TimestampTz started_at;		/* 0 when never */
+	TimestampTz last_batch_at;
+	uint64		published;
+	uint64		attempts_failed;
+	uint64		batches;
+	char		last_error[OUTBOX_STATUS_ERROR_LEN];
+	TimestampTz last_error_at;
+	bool		backlog_known;	/* a main worker's row: its database's counter */
+	int64		backlog;
+} OutboxStatusView;
 
 /* Module start (outbox.c): from shmem_request_hook and shmem_startup_hook. */
 extern void outbox_shmem_request(void);
@@ -80,6 +114,32 @@ extern void outbox_shmem_worker_connected(void);
 extern bool outbox_shmem_note_extension_missing(bool missing);
 extern void outbox_shmem_set_inflight(const pg_uuid_t *first, const pg_uuid_t *last);
 extern void outbox_shmem_clear_inflight(void);
+
+/* A worker's own status (worker.c): its slot's, whichever kind it is. */
+extern void outbox_shmem_status_set_publisher(const char *publisher);
+extern void outbox_shmem_status_set_state(OutboxWorkerState state);
+extern void outbox_shmem_status_batch(uint64 published, uint64 attempts_failed,
+									  const char *error);
+extern void outbox_shmem_status_error(const char *error);
+
+/* Every worker's status (outbox.worker_status()). */
+extern int	outbox_shmem_status_rows(OutboxStatusView *rows, int max_rows);
+
+/*
+ * The backlog counter of this backend's database: the save path checks it
+ * against outbox.max_backlog (save.c), commits and workers move it, and
+ * the main worker corrects it from the table (worker.c, operations.c).
+ */
+extern void outbox_shmem_admit_message(void);
+extern void outbox_backlog_changes_at_commit(int64 delta);
+extern void outbox_shmem_backlog_finished(int64 messages);
+extern int64 outbox_shmem_backlog_read(void);
+extern void outbox_shmem_backlog_correct(int64 delta);
+extern void outbox_shmem_backlog_forget(void);
+
+/* Requeued deliveries (operations.c, worker.c). */
+extern void outbox_requeued_deliveries_at_commit(const int32 *destination_ids, int n);
+extern uint32 outbox_shmem_requeue_version(void);
 
 /* External relays (store.c). */
 extern bool outbox_shmem_read_inflight(Oid dboid, pg_uuid_t *first, pg_uuid_t *last);

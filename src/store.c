@@ -148,12 +148,14 @@
  * $1 = id, $2 = error, $3 = permanent, $4 = max_retries, $5 = retry_at or
  * NULL, $6 = now, $7 = backoff base (ms), $8 = backoff max (ms).  The delay
  * is base * 2^(retries) capped at max, with "equal jitter": a random point
- * in its upper half.
+ * in its upper half.  A message that fails for good records when, in
+ * processed_at (retry_failed's filters read it).
  */
 #define MARK_FAILED_SQL \
 	"UPDATE outbox.messages SET retries = retries + 1, last_error = $2, " \
 	"status = CASE WHEN $3 OR retries + 1 >= $4 THEN 'failed'::outbox.message_status " \
 	"              ELSE 'pending'::outbox.message_status END, " \
+	"processed_at = CASE WHEN $3 OR retries + 1 >= $4 THEN $6 END, " \
 	"next_attempt_at = COALESCE($5, $6 + least($8::float8, $7::float8 * power(2, least(retries, 60))) " \
 	"                                 * (0.5 + random() * 0.5) * interval '1 millisecond'), " \
 	"claimed_at = NULL, claimed_by = NULL " \
@@ -181,6 +183,25 @@
 	"  AND processed_at < $1 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)"
 
 /*
+ * With destinations, a processed message replayed to a destination
+ * (outbox.replay) stays while that delivery is unfinished or failed: the
+ * worker locks the candidates (as PURGE_SQL chooses them), asks as the
+ * outbox's owner which of them have such a delivery (only the owner reads
+ * outbox.delivery), and deletes the others, so that its role needs no more
+ * privileges than without destinations.
+ */
+#define PURGE_CANDIDATES_SQL \
+	"SELECT id FROM outbox.messages WHERE id < $2 AND status = 'processed' " \
+	"AND processed_at < $1 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"
+
+#define PURGE_REPLAYED_SQL \
+	"SELECT DISTINCT x.message_id FROM outbox.delivery x " \
+	"WHERE x.message_id = ANY ($1) AND x.status <> 'processed'"
+
+#define PURGE_IDS_SQL \
+	"DELETE FROM outbox.messages WHERE id = ANY ($1) AND id <> ALL ($2)"
+
+/*
  * The earliest retry still to come among the oldest pending messages, for
  * the worker's sleep; $1 = now.  (Routed messages count too: harmless, the
  * worker only wakes once more.)
@@ -191,7 +212,8 @@
 
 /* $1 = ids or NULL for all, $2 = now. */
 #define RETRY_FAILED_SQL \
-	"UPDATE outbox.messages SET status = 'pending', retries = 0, next_attempt_at = $2 " \
+	"UPDATE outbox.messages SET status = 'pending', retries = 0, next_attempt_at = $2, " \
+	"processed_at = NULL " \
 	"WHERE status = 'failed' AND ($1 IS NULL OR id = ANY($1))"
 
 /*
@@ -253,6 +275,18 @@ static OutboxStatement recover_stmt = {
 };
 static OutboxStatement purge_stmt = {
 	.sql = PURGE_SQL, .nargs = 3, .argtypes = {TIMESTAMPTZOID, UUIDOID, INT4OID},
+	.read_only = false, .expected = SPI_OK_DELETE, .action = "purge outbox messages"
+};
+static OutboxStatement purge_candidates_stmt = {
+	.sql = PURGE_CANDIDATES_SQL, .nargs = 3, .argtypes = {TIMESTAMPTZOID, UUIDOID, INT4OID},
+	.read_only = false, .expected = SPI_OK_SELECT, .action = "purge outbox messages"
+};
+static OutboxStatement purge_replayed_stmt = {
+	.sql = PURGE_REPLAYED_SQL, .nargs = 1, .argtypes = {UUIDARRAYOID},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "purge outbox messages"
+};
+static OutboxStatement purge_ids_stmt = {
+	.sql = PURGE_IDS_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, UUIDARRAYOID},
 	.read_only = false, .expected = SPI_OK_DELETE, .action = "purge outbox messages"
 };
 /* Not read-only: it must see the retries the marks just scheduled. */
@@ -963,6 +997,54 @@ outbox_store_recover_stuck(void)
 	return store_run(&recover_stmt, args, NULL);
 }
 
+/* The ids in the first column of SPI's result, as a uuid[] in context. */
+static ArrayType *
+result_ids(uint64 n, MemoryContext context)
+{
+	MemoryContext old = MemoryContextSwitchTo(context);
+	pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * Max(n, 1));
+	ArrayType  *array;
+	uint64		i;
+	bool		isnull;
+
+	for (i = 0; i < n; i++)
+		memcpy(ids[i].data, DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i],
+														SPI_tuptable->tupdesc, 1,
+														&isnull))->data, UUID_LEN);
+	array = outbox_uuid_array(ids, (int) n);
+	MemoryContextSwitchTo(old);
+	return array;
+}
+
+/*
+ * The purge with destinations (PURGE_CANDIDATES_SQL): lock the candidates,
+ * leave out those with an unfinished replayed delivery, delete the rest.
+ */
+static int
+purge_unless_replayed(Datum *args)
+{
+	int			guc_level = outbox_store_connect();
+	MemoryContext context = CurrentMemoryContext;
+	uint64		n;
+	int			count = 0;
+
+	n = outbox_store_execute(&purge_candidates_stmt, args, NULL, InvalidSnapshot, 0);
+	if (n > 0)
+	{
+		OutboxStoreCall call;
+		Datum		ids[2];
+
+		ids[0] = PointerGetDatum(result_ids(n, context));
+		outbox_store_connect_as_owner(&call);
+		n = outbox_store_execute(&purge_replayed_stmt, ids, NULL, InvalidSnapshot, 0);
+		ids[1] = PointerGetDatum(result_ids(n, context));
+		outbox_store_finish_as_owner(&call);
+		count = (int) outbox_store_execute(&purge_ids_stmt, ids, NULL, InvalidSnapshot, 0);
+	}
+	outbox_store_finish(guc_level);
+	return count;
+}
+
 /*
  * Delete up to max_rows processed messages older than outbox.retention.
  * Returns how many were deleted.
@@ -990,6 +1072,8 @@ outbox_store_purge_processed(int max_rows)
 	args[0] = TimestampTzGetDatum(cutoff);
 	args[1] = UUIDPGetDatum(&bound);
 	args[2] = Int32GetDatum(max_rows);
+	if (outbox_have_destinations())
+		return purge_unless_replayed(args);
 	return store_run(&purge_stmt, args, NULL);
 }
 

@@ -135,8 +135,11 @@ outbox_mark_processed(PG_FUNCTION_ARGS)
 {
 	int			nids;
 	pg_uuid_t  *ids = uuid_array_argument(PG_GETARG_ARRAYTYPE_P(0), &nids);
+	int			count = outbox_store_mark_processed(ids, nids);
 
-	PG_RETURN_INT32(outbox_store_mark_processed(ids, nids));
+	/* they leave the backlog (outbox.max_backlog) when this commits */
+	outbox_backlog_changes_at_commit(-count);
+	PG_RETURN_INT32(count);
 }
 
 /*
@@ -156,7 +159,12 @@ outbox_mark_processed_for(PG_FUNCTION_ARGS)
 				 errmsg("message ids must not be null")));
 	ids = uuid_array_argument(PG_GETARG_ARRAYTYPE_P(0), &nids);
 	if (destination == NULL)
-		PG_RETURN_INT32(outbox_store_mark_processed(ids, nids));
+	{
+		int			count = outbox_store_mark_processed(ids, nids);
+
+		outbox_backlog_changes_at_commit(-count);
+		PG_RETURN_INT32(count);
+	}
 	PG_RETURN_INT32(outbox_delivery_mark_processed(destination, ids, nids));
 }
 
@@ -180,7 +188,11 @@ outbox_mark_failed(PG_FUNCTION_ARGS)
 	if (destination != NULL)
 		status = outbox_delivery_mark_failed(destination, PG_GETARG_UUID_P(0), error);
 	else
+	{
 		status = outbox_store_mark_failed(PG_GETARG_UUID_P(0), error, false, 0);
+		if (status != NULL && strcmp(status, "failed") == 0)
+			outbox_backlog_changes_at_commit(-1);
+	}
 	if (status == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(DirectFunctionCall2(enum_in, CStringGetDatum(status),
@@ -208,6 +220,11 @@ outbox_retry_failed(PG_FUNCTION_ARGS)
 	else
 		count = outbox_store_retry_failed(ids);
 	if (count > 0)
+	{
+		/* requeued deliveries too: every destination worker looks again */
 		outbox_wake_worker_at_commit();
+		outbox_requeued_deliveries_at_commit(NULL, 0);
+		outbox_backlog_changes_at_commit(count);
+	}
 	PG_RETURN_INT32(count);
 }

@@ -15,8 +15,16 @@
  * commit wakes it, a retry falls due, or outbox.poll_interval passes.
  * Every few seconds the main worker also returns stuck claims to pending,
  * deletes processed messages older than outbox.retention, finishes routed
- * messages a crash left unfinished, and keeps the destination workers in
- * step with outbox.destination (at once when a commit changed it).
+ * messages a crash left unfinished, keeps the destination workers in step
+ * with outbox.destination (at once when a commit changed it) and, while
+ * outbox.max_backlog is set, counts the unfinished messages to correct the
+ * database's backlog counter.
+ *
+ * Each worker reports what it does in its shared-memory slot, for
+ * outbox.worker_status(): its state when it changes, and once per batch
+ * the batch's outcome (published, failed attempts, the last error), after
+ * the batch's marks committed; it then takes the messages the batch
+ * finished off the backlog counter.
  *
  * A batch is relayed in one of two ways, each a function read top to
  * bottom:
@@ -69,6 +77,7 @@
 #include "utils/wait_event.h"
 
 #include "destination.h"
+#include "operations.h"
 #include "outbox.h"
 #include "publisher.h"
 #include "shmem.h"
@@ -101,6 +110,18 @@
 /* Routed messages finished per maintenance step, at most. */
 #define STRAGGLERS_PER_STEP		1000
 
+/*
+ * What a batch came to, counted while its results are recorded and
+ * reported once they committed.
+ */
+typedef struct BatchOutcome
+{
+	int64		published;		/* messages the publisher delivered */
+	int64		attempts_failed;	/* results RETRY or REJECT */
+	int64		finished;		/* messages that left the backlog */
+	const char *last_error;		/* of the last failed attempt, or NULL */
+} BatchOutcome;
+
 /* The database this worker relays. */
 static char my_dbname[NAMEDATALEN];
 
@@ -120,6 +141,16 @@ static bool publisher_ready = false;
 /* Publish the next batch one message at a time, after an error. */
 static bool careful_next_batch = false;
 
+/*
+ * The state this worker last reported, and whether it is failing: its last
+ * batch that attempted something had every attempt fail.
+ */
+static OutboxWorkerState reported_state = OUTBOX_WORKER_IDLE;
+static bool failing = false;
+
+/* The requeue version of a destination worker's deliveries it has seen. */
+static uint32 requeue_version = 0;
+
 /* Memory for the worker's life, and for one batch (reset before each). */
 static MemoryContext worker_context = NULL;
 static MemoryContext batch_context = NULL;
@@ -131,6 +162,34 @@ shutdown_publisher(int code, Datum arg)
 	if (publisher && publisher_ready && publisher->shutdown)
 		publisher->shutdown();
 	publisher_ready = false;
+}
+
+/*
+ * Whether the publisher has a problem reported (it cannot publish: not
+ * configured, its server unreachable); a new one becomes the status's
+ * last_error.
+ */
+static bool
+publisher_problem(void)
+{
+	static uint64 reported_generation = 0;
+	uint64		generation;
+	const char *problem = outbox_publisher_problem(publisher->name, &generation);
+
+	if (problem != NULL && generation != reported_generation)
+		outbox_shmem_status_error(problem);
+	reported_generation = generation;
+	return problem != NULL;
+}
+
+/* Report the worker's state in shared memory, when it changed. */
+static void
+report_state(OutboxWorkerState state)
+{
+	if (state == reported_state)
+		return;
+	outbox_shmem_status_set_state(state);
+	reported_state = state;
 }
 
 /*
@@ -157,6 +216,12 @@ select_publisher(void)
 	{
 		/* Log once per name, not once per poll. */
 		if (publisher_name == NULL || strcmp(publisher_name, wanted_name) != 0)
+		{
+			char	   *problem = psprintf("outbox publisher \"%s\" does not exist",
+										   wanted_name);
+
+			outbox_shmem_status_error(problem);
+			pfree(problem);
 			ereport(WARNING,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("outbox publisher \"%s\" does not exist", wanted_name),
@@ -164,6 +229,7 @@ select_publisher(void)
 					 destination ?
 					 errhint("Add the library that provides it to shared_preload_libraries.") :
 					 errhint("Set outbox.publisher to a known publisher, or add the library that provides it to shared_preload_libraries.")));
+		}
 		publisher = NULL;
 	}
 	else
@@ -186,6 +252,7 @@ select_publisher(void)
 	if (publisher_name)
 		pfree(publisher_name);
 	publisher_name = MemoryContextStrdup(TopMemoryContext, wanted_name);
+	outbox_shmem_status_set_publisher(wanted_name);
 }
 
 /*
@@ -396,7 +463,7 @@ publish_batch(OutboxBatch *batch, bool carefully)
  * capped.
  */
 static void
-record_results(OutboxBatch *batch, OutboxPublishResult *results)
+record_results(OutboxBatch *batch, OutboxPublishResult *results, BatchOutcome *outcome)
 {
 	pg_uuid_t  *ok = palloc(sizeof(pg_uuid_t) * Max(batch->nmessages, 1));
 	TimestampTz latest_retry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -406,9 +473,20 @@ record_results(OutboxBatch *batch, OutboxPublishResult *results)
 	int			i;
 
 	for (i = 0; i < batch->nmessages; i++)
+	{
 		results[i].retry_at = Min(results[i].retry_at, latest_retry);
+		if (results[i].status == OUTBOX_PUBLISH_OK)
+			outcome->published++;
+		else if (results[i].status == OUTBOX_PUBLISH_RETRY ||
+				 results[i].status == OUTBOX_PUBLISH_REJECT)
+		{
+			outcome->attempts_failed++;
+			outcome->last_error = results[i].error ? results[i].error : "publish failed";
+		}
+	}
 	if (destination)
 	{
+		/* its messages leave the backlog when they are finished */
 		outbox_delivery_record(destination, batch, results);
 		return;
 	}
@@ -427,14 +505,39 @@ record_results(OutboxBatch *batch, OutboxPublishResult *results)
 				break;
 			case OUTBOX_PUBLISH_RETRY:
 			case OUTBOX_PUBLISH_REJECT:
-				outbox_store_mark_failed(&m->id,
-										 results[i].error ? results[i].error : "publish failed",
-										 results[i].status == OUTBOX_PUBLISH_REJECT,
-										 results[i].retry_at);
+				{
+					const char *status;
+
+					status = outbox_store_mark_failed(&m->id,
+													  results[i].error ? results[i].error : "publish failed",
+													  results[i].status == OUTBOX_PUBLISH_REJECT,
+													  results[i].retry_at);
+					if (status != NULL && strcmp(status, "failed") == 0)
+						outcome->finished++;
+				}
 				break;
 		}
 	}
-	outbox_store_mark_processed(ok, nok);
+	outcome->finished += outbox_store_mark_processed(ok, nok);
+}
+
+/*
+ * After a batch's results committed: report its outcome, take what it
+ * finished off the backlog counter, and tell whether the worker is failing
+ * now (only a batch that attempted something changes that).
+ */
+static void
+report_batch(OutboxBatch *batch, BatchOutcome *outcome)
+{
+	if (batch->nmessages == 0)
+		return;
+	outbox_shmem_status_batch((uint64) outcome->published, (uint64) outcome->attempts_failed,
+							  outcome->last_error);
+	outbox_shmem_backlog_finished(outcome->finished);
+	if (outcome->published > 0)
+		failing = false;
+	else if (outcome->attempts_failed > 0)
+		failing = true;
 }
 
 /* Claim a batch, in the current transaction, into the current context. */
@@ -469,11 +572,14 @@ read_next_due(void)
 static void
 finish_routed_messages(OutboxBatch *batch)
 {
+	int			finished;
+
 	if (destination == NULL || batch->nmessages == 0)
 		return;
 	begin_store_transaction("finishing outbox messages");
-	outbox_delivery_finalize(batch);
+	finished = outbox_delivery_finalize(batch);
 	end_store_transaction();
+	outbox_shmem_backlog_finished(finished);
 }
 
 /*
@@ -506,20 +612,25 @@ static bool
 relay_batch_in_transaction(bool carefully, TimestampTz *next_due)
 {
 	OutboxBatch *batch;
+	BatchOutcome outcome = {0};
 	bool		more = false;
 
 	begin_store_transaction("relaying outbox messages");
 	batch = claim_batch();
 	if (batch->nmessages > 0 || batch->ndiverted > 0 || batch->advance)
 	{
-		OutboxPublishResult *results = publish_batch(batch, carefully);
+		OutboxPublishResult *results;
 
-		record_results(batch, results);
+		if (batch->nmessages > 0)
+			report_state(failing ? OUTBOX_WORKER_FAILING : OUTBOX_WORKER_PUBLISHING);
+		results = publish_batch(batch, carefully);
+		record_results(batch, results, &outcome);
 		more = batch_was_full(batch, results);
 	}
 	if (!more)
 		*next_due = read_next_due();
 	end_store_transaction();
+	report_batch(batch, &outcome);
 	finish_routed_messages(batch);
 	return more;
 }
@@ -536,6 +647,7 @@ relay_batch_detached(bool carefully, TimestampTz *next_due)
 {
 	OutboxBatch *batch;
 	OutboxPublishResult *results;
+	BatchOutcome outcome = {0};
 	bool		more;
 
 	begin_store_transaction("claiming outbox messages");
@@ -552,16 +664,19 @@ relay_batch_detached(bool carefully, TimestampTz *next_due)
 								  &batch->messages[batch->nmessages - 1].id);
 	end_store_transaction();
 
+	if (batch->nmessages > 0)
+		report_state(failing ? OUTBOX_WORKER_FAILING : OUTBOX_WORKER_PUBLISHING);
 	results = publish_batch(batch, carefully);
 
 	begin_store_transaction("marking outbox messages");
-	record_results(batch, results);
+	record_results(batch, results, &outcome);
 	more = batch_was_full(batch, results);
 	if (!more)
 		*next_due = read_next_due();
 	end_store_transaction();
 	if (destination == NULL)
 		outbox_shmem_clear_inflight();
+	report_batch(batch, &outcome);
 	finish_routed_messages(batch);
 	return more;
 }
@@ -663,8 +778,15 @@ recover_from_error(void)
 	release_after_error();
 	AbortCurrentTransaction();
 	MemoryContextSwitchTo(worker_context);
+	{
+		ErrorData  *error = CopyErrorData();
+
+		outbox_shmem_status_error(error->message ? error->message : "unknown error");
+		FreeErrorData(error);
+	}
 	FlushErrorState();
 	RESUME_INTERRUPTS();
+	report_state(OUTBOX_WORKER_BACKOFF);
 
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (destination == NULL)
@@ -725,9 +847,12 @@ sync_destination_workers(void)
 static void
 finish_stragglers(void)
 {
+	int			finished;
+
 	begin_store_transaction("finishing outbox messages");
-	(void) outbox_delivery_finalize_stragglers(STRAGGLERS_PER_STEP);
+	finished = outbox_delivery_finalize_stragglers(STRAGGLERS_PER_STEP);
 	end_store_transaction();
+	outbox_shmem_backlog_finished(finished);
 }
 
 /*
@@ -739,25 +864,46 @@ static void
 check_destination(void)
 {
 	uint32		version;
+	uint32		requeued = outbox_shmem_requeue_version();
 
 	if (!outbox_shmem_destination_wanted(&version))
 		proc_exit(0);
-	if (version == destination_version)
+	/* Requeued deliveries: reading the destination again recounts them. */
+	if (version == destination_version && requeued == requeue_version)
 		return;
+	requeue_version = requeued;
 	MemoryContextReset(destination_context);
 	begin_store_transaction("reading outbox destination");
 	if (!outbox_delivery_load(destination->id, destination_context, destination))
 		proc_exit(0);
 	end_store_transaction();
-	destination_version = version;
 	if (destination->paused || destination->disabled)
 		proc_exit(0);
 	if (publisher && publisher_ready)
 	{
+		/* the options were read again: the publisher must use the new copy */
 		outbox_publisher_set_destination(publisher, destination->name, destination->options);
-		if (publisher->reload)
+		if (publisher->reload && version != destination_version)
 			publisher->reload();
 	}
+	destination_version = version;
+}
+
+/*
+ * Main worker: count the unfinished messages and correct the backlog
+ * counter by the difference to what it said before the count's snapshot
+ * (so that commits and batches during the count are not lost).
+ */
+static void
+count_backlog(void)
+{
+	int64		before = outbox_shmem_backlog_read();
+	int64		unfinished;
+
+	begin_store_transaction("counting outbox messages");
+	unfinished = outbox_count_unfinished();
+	end_store_transaction();
+	outbox_shmem_backlog_correct(unfinished - before);
 }
 
 /*
@@ -772,6 +918,8 @@ relay_loop(void)
 	volatile TimestampTz last_sync = 0;
 	volatile uint32 synced_version = 0;
 	volatile int error_backoff_ms = 0;
+	volatile TimestampTz last_backlog_count = 0;
+	volatile bool backlog_counted = false;
 
 	for (;;)
 	{
@@ -812,8 +960,23 @@ relay_loop(void)
 					last_sync = now;
 					sync_destination_workers();
 				}
+				if (outbox_max_backlog > 0 &&
+					(!backlog_counted ||
+					 TimestampDifferenceExceeds(last_backlog_count, now, MAINTENANCE_INTERVAL_MS)))
+				{
+					last_backlog_count = now;
+					count_backlog();
+					backlog_counted = true;
+				}
+				else if (outbox_max_backlog == 0 && backlog_counted)
+				{
+					outbox_shmem_backlog_forget();
+					backlog_counted = false;
+				}
 			}
-			if (outbox_enabled)
+			if (!outbox_enabled)
+				report_state(OUTBOX_WORKER_PAUSED);
+			else
 			{
 				select_publisher();
 				if (publisher && publisher_ready)
@@ -822,7 +985,11 @@ relay_loop(void)
 
 					more = relay_batch(&due);
 					next_retry = due;
+					report_state(failing || publisher_problem() ? OUTBOX_WORKER_FAILING :
+								 more ? OUTBOX_WORKER_PUBLISHING : OUTBOX_WORKER_IDLE);
 				}
+				else
+					report_state(OUTBOX_WORKER_FAILING);
 			}
 			error_backoff_ms = 0;
 		}
@@ -925,6 +1092,8 @@ outbox_destination_worker_main(Datum main_arg)
 	if (!found || destination->paused || destination->disabled)
 		proc_exit(0);
 	(void) outbox_shmem_destination_wanted(&destination_version);
+	requeue_version = outbox_shmem_requeue_version();
+	failing = destination->failing_since != 0;
 
 	ereport(LOG,
 			(errmsg("outbox worker started for destination \"%s\" of database \"%s\"",
