@@ -31,9 +31,9 @@
 #                       skipping when a plug-in (outbox_kafka, outbox_nats,
 #                       outbox_amqp, outbox_redis), its test helper or its server
 #                       (nats-server, rabbitmq-server, redis-server) is missing;
-#                       so does 105_cloudevents_http without node and npm, or
-#                       when npm cannot install the CloudEvents SDK
-#                       and 160_prometheus without prometheus-postgres-exporter
+#                       so do 105_cloudevents_http without node and npm (or
+#                       when npm cannot install the CloudEvents SDK) and
+#                       160_prometheus without prometheus-postgres-exporter
 #   PG_TEST_TIMEOUT_DEFAULT, PG_TEST_EXTRA   passed on to the TAP framework
 #
 # Output ends with a line "N passed, N failed" counting suites.  The exit
