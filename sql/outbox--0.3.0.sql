@@ -183,10 +183,10 @@ CREATE FUNCTION outbox.drop_destination(name text, force boolean DEFAULT false) 
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION outbox.pause_destination(name text) RETURNS void
 	AS 'MODULE_PATHNAME', 'outbox_pause_destination'
-	LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION outbox.resume_destination(name text) RETURNS void
 	AS 'MODULE_PATHNAME', 'outbox_resume_destination'
-	LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION outbox.subscribe(destination text, topic_pattern text) RETURNS void
 	AS 'MODULE_PATHNAME', 'outbox_subscribe'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
@@ -220,7 +220,9 @@ CREATE FUNCTION outbox.fetch_pending(max_messages int, destination text)
 	RETURNS SETOF outbox.messages
 	AS 'MODULE_PATHNAME', 'outbox_fetch_pending'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-CREATE FUNCTION outbox.mark_processed(ids uuid[], destination text) RETURNS int
+-- (mark_processed_for, not a second mark_processed: two untyped literals,
+-- mark_processed('<id>', '<id>'), would match both forms and be ambiguous.)
+CREATE FUNCTION outbox.mark_processed_for(ids uuid[], destination text) RETURNS int
 	AS 'MODULE_PATHNAME', 'outbox_mark_processed_for'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION outbox.mark_failed(id uuid, error text, destination text)
@@ -283,7 +285,7 @@ REVOKE ALL ON FUNCTION outbox.route(), outbox.create_destination(text, text, jso
 	outbox.subscribe(text, text), outbox.unsubscribe(text, text),
 	outbox.topic_matches(text, text), outbox.public_options(text, jsonb),
 	outbox.destination_position(int), outbox.fetch_pending(int, text),
-	outbox.mark_processed(uuid[], text), outbox.mark_failed(uuid, text, text),
+	outbox.mark_processed_for(uuid[], text), outbox.mark_failed(uuid, text, text),
 	outbox.retry_failed(uuid[], text) FROM PUBLIC;
 
 -- Least privilege: nothing for PUBLIC; README shows the grants roles need.

@@ -389,7 +389,7 @@ set_paused(const char *name, bool paused)
 Datum
 outbox_pause_destination(PG_FUNCTION_ARGS)
 {
-	set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), true);
+	set_paused(text_argument(fcinfo, 0, "destination name"), true);
 	PG_RETURN_VOID();
 }
 
@@ -400,7 +400,7 @@ outbox_pause_destination(PG_FUNCTION_ARGS)
 Datum
 outbox_resume_destination(PG_FUNCTION_ARGS)
 {
-	set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
+	set_paused(text_argument(fcinfo, 0, "destination name"), false);
 	PG_RETURN_VOID();
 }
 
