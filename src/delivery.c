@@ -1191,6 +1191,54 @@ outbox_delivery_retry_failed(const char *name, ArrayType *ids)
 	return count;
 }
 
+#define REQUEUE_FAILED_SQL \
+	"UPDATE outbox.delivery x SET status = 'pending', retries = 0, next_attempt_at = $2, " \
+	"claimed_at = NULL, claimed_by = NULL " \
+	"WHERE x.status = 'failed' AND ($1 IS NULL OR x.message_id = ANY ($1)) " \
+	"RETURNING x.message_id"
+
+static OutboxStatement requeue_failed_stmt = {
+	.sql = REQUEUE_FAILED_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID},
+	.read_only = false, .expected = SPI_OK_UPDATE_RETURNING, .action = "requeue outbox deliveries"
+};
+
+/*
+ * outbox.retry_failed(ids) without a destination: requeue the failed
+ * deliveries of the messages ids (all when NULL), to every destination, as
+ * the outbox's owner (the caller, an external relay of the default
+ * destination, has no privilege on them).  Returns how many, with the
+ * messages' ids (palloc'd, repeated for each of their destinations) in
+ * *message_ids, for the caller to set those messages pending again.
+ */
+int
+outbox_delivery_requeue_failed(ArrayType *ids, pg_uuid_t **message_ids)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Datum		args[2];
+	char		nulls[2] = {' ', ' '};
+	OutboxStoreCall call;
+	uint64		n;
+	uint64		i;
+
+	args[0] = PointerGetDatum(ids);
+	if (ids == NULL)
+		nulls[0] = 'n';
+	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	outbox_store_connect_as_owner(&call);
+	n = outbox_store_execute(&requeue_failed_stmt, args, nulls, InvalidSnapshot, 0);
+	*message_ids = MemoryContextAlloc(caller, sizeof(pg_uuid_t) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		memcpy((*message_ids)[i].data,
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+										   &isnull))->data, UUID_LEN);
+	}
+	outbox_store_finish_as_owner(&call);
+	return (int) n;
+}
+
 /*
  * Return to pending the deliveries left processing by an external relay
  * that is gone or held them past outbox.processing_timeout.
