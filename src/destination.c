@@ -356,6 +356,7 @@ outbox_drop_destination(PG_FUNCTION_ARGS)
 		NULL, SPI_OK_DELETE);
 	run("DELETE FROM outbox.destination WHERE id = $1", 1, types, values, NULL, SPI_OK_DELETE);
 	SPI_finish();
+	outbox_route_subscriptions_changed();
 	outbox_destinations_changed_at_commit(true);
 	PG_RETURN_VOID();
 }
@@ -439,6 +440,7 @@ outbox_subscribe(PG_FUNCTION_ARGS)
 	run("INSERT INTO outbox.subscription (destination_id, pattern) VALUES ($1, $2) "
 		"ON CONFLICT DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
 	outbox_store_finish_as_owner(&call);
+	outbox_route_subscriptions_changed();
 	outbox_destinations_changed_at_commit(true);
 	PG_RETURN_VOID();
 }
@@ -465,6 +467,7 @@ outbox_unsubscribe(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("outbox destination \"%s\" has no subscription \"%s\"", name, pattern)));
 	outbox_store_finish_as_owner(&call);
+	outbox_route_subscriptions_changed();
 	outbox_destinations_changed_at_commit(true);
 	PG_RETURN_VOID();
 }

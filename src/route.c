@@ -16,7 +16,12 @@
  * it saw, in memory.  A commit that changes subscriptions bumps a shared
  * routing version (shmem.c); a backend that sees another version reloads
  * before it routes the next message, so a subscription applies to the
- * messages saved after it commits.
+ * messages saved after it commits.  The subscriptions are read on a
+ * snapshot taken after the version (not the saving transaction's, which
+ * may be older under REPEATABLE READ and would cache the old set under the
+ * new version).  A transaction that changes subscriptions itself routes its
+ * own later messages by what it sees, and its end forgets that view, which
+ * a rollback undoes.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -40,6 +45,7 @@
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "outbox.h"
 #include "route.h"
@@ -81,6 +87,15 @@ static HTAB *topic_routes = NULL;
 /* Whether the current transaction saved a routed message. */
 static bool saved_routed = false;
 static bool xact_callback_registered = false;
+
+/*
+ * Whether the current transaction changed subscriptions: it routes by what
+ * it sees (reloading before each message), and its end drops that view.
+ */
+static bool changed_in_transaction = false;
+static CommandId loaded_command = InvalidCommandId;
+
+static void register_route_xact_callback(void);
 
 /*
  * Why a pattern is not valid, or NULL: tokens separated by dots, none
@@ -176,9 +191,18 @@ outbox_topic_matches(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(outbox_topic_matches_pattern(topic, pattern));
 }
 
+/* The subscriptions, in destination order. */
+static OutboxStatement subscriptions_stmt = {
+	.sql = "SELECT s.destination_id, s.pattern FROM outbox.subscription s "
+	"ORDER BY s.destination_id, s.pattern",
+	.nargs = 0, .argtypes = {InvalidOid},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "read outbox subscriptions"
+};
+
 /*
  * Read the subscriptions, when the routing version changed since they were
- * read (or never were).  Runs in the saving transaction.
+ * read (or never were), or the current transaction changed them.  Runs in
+ * the saving transaction.
  */
 static void
 load_subscriptions(void)
@@ -186,10 +210,12 @@ load_subscriptions(void)
 	uint64		version = outbox_shmem_routing_version();
 	HASHCTL		ctl;
 	uint64		i;
-	int			ret;
+	uint64		nrows;
 	OutboxStoreCall call;
+	Snapshot	snapshot;
 
-	if (loaded && version == loaded_version)
+	if (loaded && version == loaded_version &&
+		(!changed_in_transaction || loaded_command == GetCurrentCommandId(false)))
 		return;
 
 	if (routing_context == NULL)
@@ -204,16 +230,16 @@ load_subscriptions(void)
 	/*
 	 * Read them as the table's owner (saving roles have no privilege on
 	 * it), in a restricted operation, with search_path pinned by the store
-	 * call.
+	 * call, on a snapshot taken now: after the version was read, so it sees
+	 * every commit that bumped it.
 	 */
 	outbox_store_connect_as_owner(&call);
-	ret = SPI_execute("SELECT s.destination_id, s.pattern FROM outbox.subscription s "
-					  "ORDER BY s.destination_id, s.pattern", true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read outbox subscriptions: %s", SPI_result_code_string(ret));
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	nrows = outbox_store_execute(&subscriptions_stmt, NULL, NULL, snapshot, 0);
+	UnregisterSnapshot(snapshot);
 	subscriptions = MemoryContextAlloc(routing_context,
-									   sizeof(Subscription) * Max(SPI_processed, 1));
-	for (i = 0; i < SPI_processed; i++)
+									   sizeof(Subscription) * Max(nrows, 1));
+	for (i = 0; i < nrows; i++)
 	{
 		bool		isnull;
 		HeapTuple	tuple = SPI_tuptable->vals[i];
@@ -232,6 +258,7 @@ load_subscriptions(void)
 	topic_routes = hash_create("outbox topic routes", 64, &ctl,
 							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	loaded_version = version;
+	loaded_command = GetCurrentCommandId(false);
 	loaded = true;
 }
 
@@ -297,7 +324,39 @@ route_xact_callback(XactEvent event, void *arg)
 				 errhint("Commit it instead: the outbox itself is what replaces two-phase commit between the database and a broker.")));
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PREPARE)
+	{
 		saved_routed = false;
+		if (changed_in_transaction)
+		{
+			/* what it saw of its own changes is gone, or the version moves */
+			changed_in_transaction = false;
+			loaded = false;
+		}
+	}
+}
+
+/* Register route_xact_callback, once per backend. */
+static void
+register_route_xact_callback(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(route_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+}
+
+/*
+ * Note that the current transaction changes subscriptions (destination.c):
+ * its later messages are routed by what it sees, and its end drops that
+ * view.
+ */
+void
+outbox_route_subscriptions_changed(void)
+{
+	register_route_xact_callback();
+	changed_in_transaction = true;
+	loaded = false;
 }
 
 /*
@@ -307,11 +366,7 @@ route_xact_callback(XactEvent event, void *arg)
 static void
 note_routed_message(const int32 *ids, int n)
 {
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(route_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
+	register_route_xact_callback();
 	saved_routed = true;
 	outbox_wake_destinations_at_commit(ids, n);
 }
