@@ -214,8 +214,6 @@ outbox_create_destination(PG_FUNCTION_ARGS)
 	Oid			types[3] = {TEXTOID, TEXTOID, JSONBOID};
 	Datum		values[3];
 	pg_uuid_t	start;
-	uint64		clock_ms;
-	int			i;
 
 	hide_statement_arguments("create_destination");
 	require_superuser("create an outbox destination");
@@ -241,14 +239,13 @@ outbox_create_destination(PG_FUNCTION_ARGS)
 				 errmsg("outbox destination \"%s\" already exists", name)));
 
 	/*
-	 * Its position starts before the newest id: no message saved before it
-	 * existed can be routed to it, so its first read starts here, not at
-	 * the oldest message kept.
+	 * Its position starts at the id horizon: every id up to it belongs to a
+	 * transaction that has ended, so no message there can be routed to it
+	 * any more, while one of an open transaction (whose id may have been
+	 * taken before this destination existed) is above it.  Its first read
+	 * starts here, not at the oldest message kept.
 	 */
-	clock_ms = outbox_shmem_id_clock_ms() - 1;
-	memset(start.data, 0xFF, UUID_LEN);
-	for (i = 0; i < 6; i++)
-		start.data[i] = (unsigned char) (clock_ms >> (40 - 8 * i));
+	outbox_shmem_id_horizon(&start);
 	types[1] = UUIDOID;
 	values[1] = UUIDPGetDatum(&start);
 	run("INSERT INTO outbox.destination_progress (destination_id, upto) "

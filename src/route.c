@@ -23,6 +23,13 @@
  * own later messages by what it sees, and its end forgets that view, which
  * a rollback undoes.
  *
+ * A routed message's id must come from outbox.next_id() in the saving
+ * transaction (the column's default; save() takes one too): destinations
+ * read the messages in id order up to the id horizon (shmem.c), which only
+ * ids taken by open transactions hold back.  An explicit id older than
+ * that, or newer than any id handed out, is refused rather than silently
+ * passed by a destination's position.
+ *
  * Copyright (c) 2026, the outbox developers
  *
  *-------------------------------------------------------------------------
@@ -46,6 +53,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/uuid.h"
 
 #include "outbox.h"
 #include "route.h"
@@ -372,6 +380,41 @@ note_routed_message(const int32 *ids, int n)
 }
 
 /*
+ * Raise an error unless a routed message's id is one the current
+ * transaction may route: not older than the first id it took from the
+ * clock (which holds back the id horizon), and not newer than the newest
+ * id handed out.  Ids from outbox.next_id() in this transaction always are.
+ */
+static void
+check_routed_id(HeapTuple tuple, TupleDesc tupdesc)
+{
+	int			id_attno = SPI_fnumber(tupdesc, "id");
+	bool		isnull;
+	Datum		value;
+	const unsigned char *b;
+	uint64		id_ms = 0;
+	uint64		first_ms = outbox_shmem_transaction_first_id_ms();
+	int			i;
+
+	if (id_attno <= 0)
+		elog(ERROR, "outbox.messages lacks the id column");
+	value = heap_getattr(tuple, id_attno, tupdesc, &isnull);
+	if (isnull)
+		return;					/* the primary key refuses it */
+	b = DatumGetUUIDP(value)->data;
+	for (i = 0; i < 6; i++)
+		id_ms = (id_ms << 8) | b[i];
+	if (first_ms != 0 && id_ms >= first_ms && id_ms <= outbox_shmem_id_clock_ms())
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("outbox message id %s cannot be routed to destinations",
+					DatumGetCString(DirectFunctionCall1(uuid_out, value))),
+			 errdetail("A message that subscriptions route must take its id from outbox.next_id() in the saving transaction: destinations read messages in id order, and could already have passed an older id, or wait for a newer one until the clock reaches it."),
+			 errhint("Leave the id to its default.")));
+}
+
+/*
  * outbox.route(): BEFORE INSERT trigger on outbox.messages, setting the
  * destinations column from the topic, whatever the insert gave it.
  */
@@ -424,6 +467,7 @@ outbox_route(PG_FUNCTION_ARGS)
 		Datum	   *elems = palloc(sizeof(Datum) * n);
 		int			i;
 
+		check_routed_id(tuple, tupdesc);
 		for (i = 0; i < n; i++)
 			elems[i] = Int32GetDatum(ids[i]);
 		value = PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32),
