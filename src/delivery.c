@@ -70,10 +70,15 @@
 	"SELECT DISTINCT x.key FROM outbox.delivery x WHERE x.destination_id = $1 " \
 	"AND x.status IN ('pending', 'processing') AND x.key <> ''"
 
-/* $1 = destination, $2 = now, $3 = most rows. */
+/*
+ * The unfinished deliveries in id order, and whether each may be attempted
+ * now: pending and due.  One that is not (in backoff, or claimed by an
+ * external relay: processing) holds back the later ones of its key.  $1 =
+ * destination, $2 = now, $3 = most rows.
+ */
 #define RETRIES_SQL \
-	"SELECT x.message_id, x.key, x.next_attempt_at <= $2, x.retries " \
-	"FROM outbox.delivery x WHERE x.destination_id = $1 AND x.status = 'pending' " \
+	"SELECT x.message_id, x.key, x.status = 'pending' AND x.next_attempt_at <= $2, x.retries " \
+	"FROM outbox.delivery x WHERE x.destination_id = $1 AND x.status IN ('pending', 'processing') " \
 	"ORDER BY x.message_id LIMIT $3"
 
 /* $1 = destination, $2 = after, $3 = up to, $4 = most rows. */
