@@ -173,7 +173,9 @@ CREATE VIEW outbox.destinations AS
 	FROM outbox.destination d;
 
 -- One row per (message, destination) the message is routed to; messages of
--- the default destination show it as "default".
+-- the default destination show it as "default".  (It reads the positions
+-- itself, not through destination_position(), so that a role granted SELECT
+-- on the view needs no privilege on the tables.)
 CREATE VIEW outbox.deliveries AS
 	SELECT m.id AS message_id, 'default'::text AS destination, m.status, m.retries,
 		   m.last_error, m.next_attempt_at, m.processed_at
@@ -182,7 +184,9 @@ CREATE VIEW outbox.deliveries AS
 	UNION ALL
 	SELECT m.id, d.name,
 		   coalesce(x.status,
-					CASE WHEN m.id <= outbox.destination_position(d.id)
+					CASE WHEN m.id <= (SELECT p.upto FROM outbox.destination_progress p
+									   WHERE p.destination_id = d.id
+									   ORDER BY p.upto DESC LIMIT 1)
 						 THEN 'processed'::outbox.message_status
 						 ELSE 'pending'::outbox.message_status END),
 		   coalesce(x.retries, 0), x.last_error,
