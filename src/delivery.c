@@ -134,18 +134,17 @@
  * deliveries failed.  Destinations dropped since do not count.  $2 = now.
  */
 #define FINALIZE_SQL \
+	"WITH pos AS MATERIALIZED (SELECT d.id, coalesce(outbox.destination_position(d.id), " \
+	"    '00000000-0000-0000-0000-000000000000') AS upto FROM outbox.destination d) " \
 	"UPDATE outbox.messages m SET processed_at = $2, " \
-	"status = CASE WHEN EXISTS (SELECT 1 FROM outbox.delivery x JOIN outbox.destination d " \
-	"    ON d.id = x.destination_id WHERE x.message_id = m.id AND x.status = 'failed') " \
+	"status = CASE WHEN EXISTS (SELECT 1 FROM outbox.delivery x JOIN pos ON pos.id = x.destination_id " \
+	"    WHERE x.message_id = m.id AND x.status = 'failed') " \
 	"  THEN 'failed'::outbox.message_status ELSE 'processed'::outbox.message_status END " \
 	"WHERE m.id = ANY ($1) AND m.status = 'pending' AND m.destinations IS NOT NULL " \
-	"AND NOT EXISTS (SELECT 1 FROM outbox.delivery x JOIN outbox.destination d " \
-	"    ON d.id = x.destination_id WHERE x.message_id = m.id " \
-	"    AND x.status IN ('pending', 'processing')) " \
-	"AND NOT EXISTS (SELECT 1 FROM unnest(m.destinations) r(id) " \
-	"    JOIN outbox.destination d ON d.id = r.id " \
-	"    WHERE coalesce(outbox.destination_position(r.id), " \
-	"                   '00000000-0000-0000-0000-000000000000') < m.id)"
+	"AND NOT EXISTS (SELECT 1 FROM unnest(m.destinations) r(id) JOIN pos ON pos.id = r.id " \
+	"    WHERE pos.upto < m.id) " \
+	"AND NOT EXISTS (SELECT 1 FROM outbox.delivery x JOIN pos ON pos.id = x.destination_id " \
+	"    WHERE x.message_id = m.id AND x.status IN ('pending', 'processing'))"
 
 /* The oldest routed messages not finalized yet; $1 = most. */
 #define STRAGGLERS_SQL \
