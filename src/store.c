@@ -183,12 +183,20 @@
 
 /*
  * The earliest retry still to come among the oldest pending messages, for
- * the worker's sleep; $1 = now.  (Routed messages count too: harmless, the
- * worker only wakes once more.)
+ * the worker's sleep; $1 = now.  With destinations, the default
+ * destination's only: routed messages' retries are their deliveries', which
+ * their workers schedule, and a scan on status alone would find no index
+ * (the pending index is the default destination's) and read the whole
+ * table by its primary key at every sleep.
  */
 #define NEXT_DUE_SQL \
 	"SELECT min(next_attempt_at) FROM (SELECT next_attempt_at FROM outbox.messages " \
 	"WHERE status = 'pending' ORDER BY id LIMIT 1000) p WHERE next_attempt_at > $1"
+
+#define NEXT_DUE_ROUTED_SQL \
+	"SELECT min(next_attempt_at) FROM (SELECT next_attempt_at FROM outbox.messages " \
+	"WHERE status = 'pending' AND destinations IS NULL ORDER BY id LIMIT 1000) p " \
+	"WHERE next_attempt_at > $1"
 
 /* $1 = ids or NULL for all, $2 = now. */
 #define RETRY_FAILED_SQL \
@@ -256,6 +264,10 @@ static OutboxStatement purge_stmt = {
 /* Not read-only: it must see the retries the marks just scheduled. */
 static OutboxStatement next_due_stmt = {
 	.sql = NEXT_DUE_SQL, .nargs = 1, .argtypes = {TIMESTAMPTZOID},
+	.read_only = false, .expected = SPI_OK_SELECT, .action = "read outbox schedule"
+};
+static OutboxStatement next_due_routed_stmt = {
+	.sql = NEXT_DUE_ROUTED_SQL, .nargs = 1, .argtypes = {TIMESTAMPTZOID},
 	.read_only = false, .expected = SPI_OK_SELECT, .action = "read outbox schedule"
 };
 static OutboxStatement retry_failed_routed_stmt = {
@@ -1004,7 +1016,8 @@ outbox_store_next_due(void)
 
 	args[0] = TimestampTzGetDatum(GetCurrentTimestamp());
 	guc_level = outbox_store_connect();
-	if (outbox_store_execute(&next_due_stmt, args, NULL, InvalidSnapshot, 1) > 0)
+	if (outbox_store_execute(outbox_have_destinations() ? &next_due_routed_stmt : &next_due_stmt,
+							 args, NULL, InvalidSnapshot, 1) > 0)
 	{
 		bool		isnull;
 		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
