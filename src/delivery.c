@@ -431,6 +431,14 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 	batch->tuples = palloc0(sizeof(HeapTuple) * batch->capacity);
 	prepare_destination_batch(batch, max_messages * 2);
 
+	/*
+	 * A destination this worker disabled (an HTTP 410, failing too long)
+	 * gets no more attempts: the worker exits once the main worker has
+	 * taken its slot back.
+	 */
+	if (destination->disabled)
+		return batch;
+
 	outbox_store_connect_as_owner(&call);
 	args[0] = Int32GetDatum(destination->id);
 
@@ -789,6 +797,8 @@ outbox_delivery_record(OutboxDestination *destination, OutboxBatch *batch,
 		args[2] = CStringGetTextDatum(disable_reason);
 		outbox_store_execute(&disable_stmt, args, NULL, InvalidSnapshot, 0);
 		destination->disabled = true;
+		/* the main worker takes the slot back at once after the commit */
+		outbox_destinations_changed_at_commit(false);
 		ereport(WARNING,
 				(errmsg("outbox destination \"%s\" is disabled", destination->name),
 				 errdetail("%s", disable_reason),
