@@ -181,9 +181,12 @@ package OutboxDestinations::HttpSource;
 A consumer source for OutboxChecker: what an OutboxHttp receiver answered
 with 2xx, in the order the requests started.  The receiver outlives server
 crashes, so epochs are given by the test: the times at which it killed
-something (epoch n holds the requests started after n - 1 of them), and a
-message may arrive again in a later epoch (duplicates => 'crash'), never
-twice in one.
+something.  A worker's connections die with it and its successor opens new
+ones, so a request's epoch is that of its connection: 1 + the number of
+kills before the connection's first request (a request the dead worker had
+sent may still be read by the receiver after the kill, on its old
+connection).  A message may arrive again in a later epoch (duplicates =>
+'crash'), never twice in one.
 
   my $source = OutboxDestinations::HttpSource->new($srv, name => 'receiver A', topic => 'chk');
   $source->crashed_at(time());     # at each kill -9
@@ -224,11 +227,18 @@ sub deliveries
 	my $json = JSON::PP->new;
 	my @d;
 	my @filter = defined $self->{topic} ? (topic => $self->{topic}) : ();
-	for my $r ($self->{srv}->requests(@filter))
+	my @requests = $self->{srv}->requests(@filter);
+	my %opened;
+	for my $r (@requests)
+	{
+		$opened{ $r->{conn} } = $r->{start}
+		  if !defined $opened{ $r->{conn} } || $r->{start} < $opened{ $r->{conn} };
+	}
+	for my $r (@requests)
 	{
 		next unless $r->{status} >= 200 && $r->{status} < 300;
 		my $body = eval { $json->decode($r->{body}) } // {};
-		my $epoch = 1 + scalar grep { $_ <= $r->{start} } @{ $self->{crashes} };
+		my $epoch = 1 + scalar grep { $_ <= $opened{ $r->{conn} } } @{ $self->{crashes} };
 		push @d,
 		  {
 			id => $r->{id},
