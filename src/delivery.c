@@ -420,9 +420,6 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 	Datum		args[4];
 	OutboxStoreCall call;
 	int64		bytes = 0;
-	int			nretry = 0;
-	pg_uuid_t  *retry_ids = palloc(sizeof(pg_uuid_t) * max_messages);
-	int		   *retry_counts = palloc(sizeof(int) * max_messages);
 	uint64		i;
 	bool		isnull;
 
@@ -462,6 +459,9 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 	{
 		HTAB	   *stopped = new_key_set();
 		uint64		nrows;
+		int			nretry = 0;
+		pg_uuid_t  *retry_ids = palloc(sizeof(pg_uuid_t) * max_messages);
+		int		   *retry_counts = palloc(sizeof(int) * max_messages);
 
 		if (ordered_by_key)
 		{
@@ -514,6 +514,7 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 		int			nchosen = 0;
 		bool		cut = false;
 
+		memset(&horizon, 0, sizeof(horizon));
 		outbox_shmem_id_horizon(&horizon);
 		snapshot = RegisterSnapshot(GetLatestSnapshot());
 		args[1] = UUIDPGetDatum(&position);

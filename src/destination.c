@@ -245,6 +245,7 @@ outbox_create_destination(PG_FUNCTION_ARGS)
 	 * taken before this destination existed) is above it.  Its first read
 	 * starts here, not at the oldest message kept.
 	 */
+	memset(&start, 0, sizeof(start));
 	outbox_shmem_id_horizon(&start);
 	types[1] = UUIDOID;
 	values[1] = UUIDPGetDatum(&start);
@@ -320,8 +321,6 @@ outbox_drop_destination(PG_FUNCTION_ARGS)
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
 	int32		id;
-	bool		isnull;
-	int64		unfinished;
 
 	require_superuser("drop an outbox destination");
 	management_connect();
@@ -329,6 +328,9 @@ outbox_drop_destination(PG_FUNCTION_ARGS)
 	values[0] = Int32GetDatum(id);
 	if (!force)
 	{
+		bool		isnull;
+		int64		unfinished;
+
 		run("SELECT (SELECT count(*) FROM outbox.delivery x WHERE x.destination_id = $1 "
 			"          AND x.status IN ('pending', 'processing')) + "
 			"       (SELECT count(*) FROM outbox.messages m WHERE m.status = 'pending' "

@@ -818,7 +818,7 @@ outbox_check_destination_options(const OutboxPublisher *publisher, Jsonb *option
 						 errdetail("Publisher \"%s\" takes no options.", publisher->name)));
 			}
 		}
-		else if (token == WJB_VALUE)
+		else if (token == WJB_VALUE && key != NULL)
 		{
 			const OutboxOption *option = find_option(publisher, key);
 

@@ -280,7 +280,6 @@ outbox_route_topic(const char *topic, const int32 **destinations)
 {
 	TopicRoute *route;
 	bool		found;
-	int			i;
 
 	*destinations = NULL;
 	if (strlen(topic) > OUTBOX_MAX_TOPIC_LEN)
@@ -297,6 +296,8 @@ outbox_route_topic(const char *topic, const int32 **destinations)
 	route = hash_search(topic_routes, topic, HASH_ENTER, &found);
 	if (!found)
 	{
+		int			i;
+
 		route->ndestinations = 0;
 		route->destinations = MemoryContextAlloc(routing_context,
 												 sizeof(int32) * nsubscriptions);
