@@ -146,10 +146,14 @@
 	"AND NOT EXISTS (SELECT 1 FROM outbox.delivery x JOIN pos ON pos.id = x.destination_id " \
 	"    WHERE x.message_id = m.id AND x.status IN ('pending', 'processing'))"
 
-/* The oldest routed messages not finalized yet; $1 = most. */
+/*
+ * Routed messages not finished yet, in id order after $2; $1 = most.  The
+ * main worker pages through them (a backlog of one slow destination must
+ * not hide the stragglers after it).
+ */
 #define STRAGGLERS_SQL \
 	"SELECT m.id FROM outbox.messages m WHERE m.status = 'pending' " \
-	"AND m.destinations IS NOT NULL ORDER BY m.id LIMIT $1"
+	"AND m.destinations IS NOT NULL AND m.id > $2 ORDER BY m.id LIMIT $1"
 
 #define FAILING_SQL \
 	"UPDATE outbox.destination SET failing_since = coalesce(failing_since, $2), " \
@@ -220,7 +224,7 @@ static OutboxStatement finalize_stmt = {
 	.read_only = false, .expected = SPI_OK_UPDATE, .action = "finish outbox messages"
 };
 static OutboxStatement stragglers_stmt = {
-	.sql = STRAGGLERS_SQL, .nargs = 1, .argtypes = {INT4OID},
+	.sql = STRAGGLERS_SQL, .nargs = 2, .argtypes = {INT4OID, UUIDOID},
 	.read_only = false, .expected = SPI_OK_SELECT, .action = "read outbox messages"
 };
 static OutboxStatement failing_stmt = {
@@ -834,10 +838,15 @@ outbox_delivery_finalize(OutboxBatch *batch)
 	outbox_store_finish_as_owner(&call);
 }
 
+/* Where the main worker's next pass over the unfinished routed messages starts. */
+static pg_uuid_t stragglers_after;
+
 /*
- * Finish the oldest routed messages that are done but not finished (a
- * worker that died between its position and the finishing, a destination
- * dropped).  Returns how many were finished.  In the main worker.
+ * Finish routed messages that are done but not finished (a worker that
+ * died between its position and the finishing, a destination dropped):
+ * the next max_messages unfinished ones after the last pass, from the
+ * oldest again once the end is reached.  Returns how many were finished.
+ * In the main worker.
  */
 int
 outbox_delivery_finalize_stragglers(int max_messages)
@@ -846,11 +855,19 @@ outbox_delivery_finalize_stragglers(int max_messages)
 	OutboxStoreCall call;
 	uint64		n;
 	int			finished = 0;
+	bool		last_isnull;
 
 	outbox_store_connect_as_owner(&call);
 
 	args[0] = Int32GetDatum(max_messages);
+	args[1] = UUIDPGetDatum(&stragglers_after);
 	n = outbox_store_execute(&stragglers_stmt, args, NULL, InvalidSnapshot, 0);
+	if (n < (uint64) max_messages)
+		memset(stragglers_after.data, 0, UUID_LEN);	/* from the oldest next time */
+	else
+		memcpy(stragglers_after.data,
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[n - 1], SPI_tuptable->tupdesc, 1,
+										   &last_isnull))->data, UUID_LEN);
 	if (n > 0)
 	{
 		pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * n);
