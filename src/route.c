@@ -50,6 +50,7 @@
 #include "utils/syscache.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -102,6 +103,13 @@ static bool xact_callback_registered = false;
  */
 static bool changed_in_transaction = false;
 static CommandId loaded_command = InvalidCommandId;
+
+/*
+ * The table the subscriptions were read from: its invalidation (DROP
+ * EXTENSION, which takes routing version and ids along) drops the cache.
+ */
+static Oid	subscription_relid = InvalidOid;
+static bool relcache_callback_registered = false;
 
 static void register_route_xact_callback(void);
 
@@ -199,6 +207,17 @@ outbox_topic_matches(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(outbox_topic_matches_pattern(topic, pattern));
 }
 
+/*
+ * A relation's cache entry was invalidated: forget the subscriptions when
+ * it is their table's (or every relation's).
+ */
+static void
+routing_relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == subscription_relid)
+		loaded = false;
+}
+
 /* The subscriptions, in destination order. */
 static OutboxStatement subscriptions_stmt = {
 	.sql = "SELECT s.destination_id, s.pattern FROM outbox.subscription s "
@@ -241,6 +260,12 @@ load_subscriptions(void)
 	 * call, on a snapshot taken now: after the version was read, so it sees
 	 * every commit that bumped it.
 	 */
+	if (!relcache_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(routing_relcache_callback, (Datum) 0);
+		relcache_callback_registered = true;
+	}
+	subscription_relid = get_relname_relid("subscription", get_namespace_oid("outbox", false));
 	outbox_store_connect_as_owner(&call);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	nrows = outbox_store_execute(&subscriptions_stmt, NULL, NULL, snapshot, 0);
