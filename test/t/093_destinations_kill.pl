@@ -98,12 +98,12 @@ for my $round (1 .. $rounds)
 	$mid_drain++ if $unfinished > 0;
 
 	my $offset = OutboxTest::log_position($node);
-	kill('KILL', $pid) or die("round $round: could not signal $victim's worker $pid");
+	kill('KILL', $pid) or die("round $round: could not signal ${victim}'s worker $pid");
 	my $t = time();
 	$source_a->crashed_at($t);
 	$source_b->crashed_at($t);
 	OutboxTest::wait_for_log_line($node, qr/all server processes terminated; reinitializing/, $offset)
-	  or die("round $round: no crash-restart after killing $victim's worker");
+	  or die("round $round: no crash-restart after killing ${victim}'s worker");
 	$kills++;
 	OutboxDestinations::wait_worker($node, $_) or die("round $round: no worker for $_ after the restart")
 	  for @names;
