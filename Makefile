@@ -15,6 +15,7 @@ OBJS = \
 	src/launcher.o \
 	src/publisher.o \
 	src/publishers/builtin.o \
+	src/publishers/cloudevents.o \
 	src/publishers/envelope.o \
 	src/publishers/notify.o \
 	src/publishers/http.o \

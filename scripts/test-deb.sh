@@ -10,9 +10,10 @@
 # Steps:
 #   1. Copies the tree (the files git knows, committed or not) to a scratch
 #      directory and runs dpkg-buildpackage -us -uc there; the packages land
-#      next to it.  postgresql-<v>-outbox-kafka and -nats are built when
-#      librdkafka-dev and libnats-dev are installed (else the build profiles
-#      pkg.outbox.nokafka, pkg.outbox.nonats leave them out).
+#      next to it.  postgresql-<v>-outbox-kafka, -nats, -amqp and -redis are
+#      built when librdkafka-dev, libnats-dev, librabbitmq-dev and
+#      libhiredis-dev are installed (else the build profiles
+#      pkg.outbox.nokafka, nonats, noamqp, noredis leave them out).
 #   2. Installs them with dpkg -i.  Files of an earlier make install that the
 #      packages replace are saved first.
 #   3. Tests them, as above.
@@ -85,6 +86,8 @@ fi
 profiles=()
 pkg-config --exists rdkafka 2>/dev/null || profiles+=(pkg.outbox.nokafka)
 pkg-config --exists libnats 2>/dev/null || profiles+=(pkg.outbox.nonats)
+pkg-config --exists librabbitmq 2>/dev/null || profiles+=(pkg.outbox.noamqp)
+pkg-config --exists hiredis 2>/dev/null || profiles+=(pkg.outbox.noredis)
 log "dpkg-buildpackage -us -uc${profiles:+ -P$(IFS=,; echo "${profiles[*]}")} in $tree"
 start=$SECONDS
 (cd "$tree" && dpkg-buildpackage -us -uc ${profiles:+-P"$(IFS=,; echo "${profiles[*]}")"}) >"$work/build.log" 2>&1 ||
@@ -126,7 +129,7 @@ for deb in "${debs[@]}"; do
     [[ -n $major ]] || continue
     pg_bin=/usr/lib/postgresql/$major/bin
     libs=outbox
-    for plugin in kafka nats; do
+    for plugin in kafka nats amqp redis; do
         dpkg-query -W -f='${Status}' "postgresql-$major-outbox-$plugin" 2>/dev/null |
             grep -q 'install ok installed' && libs+=", outbox_$plugin"
     done
@@ -159,9 +162,14 @@ EOF
         sleep 0.1
     done
     (( i < 300 )) || die "PostgreSQL $major: the worker did not publish the message within 30 s"
-    for plugin in kafka nats; do
+    for plugin in kafka nats amqp redis; do
         [[ $libs == *outbox_$plugin* ]] || continue
-        guc=$([[ $plugin == kafka ]] && echo outbox.kafka_topic || echo outbox.nats_subject)
+        case $plugin in
+            kafka) guc=outbox.kafka_topic ;;
+            nats) guc=outbox.nats_subject ;;
+            amqp) guc=outbox.amqp_exchange ;;
+            redis) guc=outbox.redis_stream ;;
+        esac
         psql_ -d postgres -c "SHOW $guc" >/dev/null ||
             die "PostgreSQL $major: outbox_$plugin did not load ($guc is unknown)"
     done

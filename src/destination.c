@@ -482,30 +482,29 @@ outbox_public_options(PG_FUNCTION_ARGS)
 	char	   *publisher_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	Jsonb	   *options = PG_GETARG_JSONB_P(1);
 	const OutboxPublisher *publisher = outbox_find_publisher(publisher_name);
-	JsonbParseState *state = NULL;
+	Datum		result = JsonbPGetDatum(options);
 	JsonbIterator *it;
 	JsonbValue	v;
-	JsonbValue *result = NULL;
 	JsonbIteratorToken token;
-	bool		skip = false;
+	List	   *secret_keys = NIL;
+	ListCell   *lc;
 
 	if (!JB_ROOT_IS_OBJECT(options) || JB_ROOT_IS_SCALAR(options))
 		PG_RETURN_NULL();
+	/* Read the keys first, then delete the secret ones from a copy. */
 	it = JsonbIteratorInit(&options->root);
 	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		if (token == WJB_BEGIN_OBJECT || token == WJB_END_OBJECT)
-			result = pushJsonbValue(&state, token, NULL);
-		else if (token == WJB_KEY)
+		if (token == WJB_KEY)
 		{
 			char	   *key = pnstrdup(v.val.string.val, v.val.string.len);
 
-			skip = outbox_option_is_secret(publisher, key);
-			if (!skip)
-				result = pushJsonbValue(&state, token, &v);
+			if (outbox_option_is_secret(publisher, key))
+				secret_keys = lappend(secret_keys, key);
 		}
-		else if (token == WJB_VALUE && !skip)
-			result = pushJsonbValue(&state, token, &v);
 	}
-	PG_RETURN_JSONB_P(JsonbValueToJsonb(result));
+	foreach(lc, secret_keys)
+		result = DirectFunctionCall2(jsonb_delete, result,
+									 CStringGetTextDatum((char *) lfirst(lc)));
+	PG_RETURN_DATUM(result);
 }

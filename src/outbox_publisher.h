@@ -51,7 +51,8 @@
  * kinds and a monotonic clock for everyone.
  * 3: destinations: a publisher declares its options, reads the current
  * destination's values with OutboxOption*(), and a result may disable its
- * destination.
+ * destination; CloudEvents formats (OutboxOptionFormat() and the
+ * OutboxCloudEvent*() helpers).
  */
 #define OUTBOX_PUBLISHER_API_VERSION 3
 
@@ -124,7 +125,7 @@ typedef struct OutboxOption
 	const char *setting;		/* "outbox.http_url", or NULL */
 	bool		secret;			/* superuser-only: never shown nor logged */
 	bool		required;		/* a destination must set it */
-	int			unit;			/* OUTBOX_OPTION_INTEGER: 0 or GUC_UNIT_MS */
+	int			unit;			/* OUTBOX_OPTION_INTEGER: 0, GUC_UNIT_MS or GUC_UNIT_BYTE */
 	int64		min_value;		/* OUTBOX_OPTION_INTEGER bounds */
 	int64		max_value;
 
@@ -296,5 +297,100 @@ typedef enum OutboxPayloadKind
 } OutboxPayloadKind;
 
 extern PGDLLEXPORT OutboxPayloadKind OutboxPayloadKindOf(const OutboxMessage *message);
+
+/*
+ * The content type of a message's payload: its "content-type" header when
+ * it has a non-empty one, else "application/json" for JSON, "text/plain;
+ * charset=utf-8" for other text, "application/octet-stream" for binary.
+ * palloc'd.
+ */
+extern PGDLLEXPORT char *OutboxPayloadContentType(const OutboxMessage *message);
+
+/*
+ * CloudEvents 1.0 (https://cloudevents.io).  A publisher that offers them
+ * declares the options "format" and "cloudevents_source" with
+ * OUTBOX_FORMAT_OPTIONS(its format setting) in its options, defines that
+ * setting with OutboxDefineFormatSetting() in _PG_init(), and reads both
+ * with OutboxOptionFormat().  A message is the event:
+ *	specversion "1.0", id = the message id, source = the destination's
+ *	cloudevents_source (outbox.cloudevents_source; by default
+ *	"/outbox/<database name>"), type = the topic, time = created_at (RFC
+ *	3339, UTC), subject = the key (none when it is empty), datacontenttype
+ *	= OutboxPayloadContentType(), data = the payload.
+ * Binary content mode puts the attributes in transport headers
+ * (OutboxCloudEventAttributes()) and the payload in the body; structured
+ * content mode sends OutboxCloudEventJson() as the body, with content type
+ * OUTBOX_CLOUDEVENTS_JSON.  Strings are UTF-8.
+ */
+typedef enum OutboxFormat
+{
+	OUTBOX_FORMAT_RAW,			/* the payload as it is */
+	OUTBOX_FORMAT_CLOUDEVENTS_BINARY,
+	OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED
+} OutboxFormat;
+
+#define OUTBOX_CLOUDEVENTS_JSON "application/cloudevents+json"
+
+/* Most attributes OutboxCloudEventAttributes() returns. */
+#define OUTBOX_CLOUDEVENT_MAX_ATTRIBUTES 6
+
+/* Check callbacks of the two options (NULL, or a palloc'd reason). */
+extern PGDLLEXPORT char *OutboxFormatProblem(const char *value);
+extern PGDLLEXPORT char *OutboxCloudEventSourceProblem(const char *value);
+
+/* The entries of a publisher's options array for "format" and "cloudevents_source". */
+#define OUTBOX_FORMAT_OPTIONS(format_setting) \
+	{.name = "format", .type = OUTBOX_OPTION_STRING, .setting = (format_setting), \
+	 .check = OutboxFormatProblem}, \
+	{.name = "cloudevents_source", .type = OUTBOX_OPTION_STRING, \
+	 .setting = "outbox.cloudevents_source", .check = OutboxCloudEventSourceProblem}
+
+/*
+ * Define the setting (PGC_SIGHUP, default raw) that gives the default
+ * destination's format, such as "outbox.kafka_format"; from _PG_init().
+ */
+extern PGDLLEXPORT void OutboxDefineFormatSetting(const char *setting, const char *publisher);
+
+/*
+ * The current destination's format; unless it is raw, *source is set to
+ * its event source (palloc'd), else to NULL.  In the worker's callbacks.
+ */
+extern PGDLLEXPORT OutboxFormat OutboxOptionFormat(char **source);
+
+/*
+ * Binary content mode: the event's attributes but datacontenttype, as
+ * headers named prefix + attribute ("ce-id" with prefix "ce-"), values
+ * percent-encoded as the HTTP binding asks when percent_encode is true.
+ * Fills attributes (OUTBOX_CLOUDEVENT_MAX_ATTRIBUTES entries) with palloc'd
+ * names and values and returns how many.  The content type goes where the
+ * transport keeps it (Content-Type, a property, a header).
+ */
+typedef struct OutboxCloudEventAttribute
+{
+	const char *name;
+	const char *value;
+} OutboxCloudEventAttribute;
+
+extern PGDLLEXPORT int OutboxCloudEventAttributes(const OutboxMessage *message,
+												  const char *source, const char *prefix,
+												  bool percent_encode,
+												  OutboxCloudEventAttribute *attributes);
+
+/*
+ * Whether a message's header is one binary content mode sets itself
+ * (prefix + specversion, id, source, type, time, subject or
+ * datacontenttype, in any case): such a message cannot be sent in that
+ * mode.
+ */
+extern PGDLLEXPORT bool OutboxCloudEventHeaderIsReserved(const OutboxHeader *header,
+														 const char *prefix);
+
+/*
+ * Structured content mode: the event as JSON (palloc'd, *length bytes).
+ * The payload is "data" as JSON when it is JSON of a JSON content type,
+ * "data" as a string when it is other text, else "data_base64".
+ */
+extern PGDLLEXPORT char *OutboxCloudEventJson(const OutboxMessage *message,
+											  const char *source, int *length);
 
 #endif							/* OUTBOX_PUBLISHER_H */

@@ -678,9 +678,6 @@ OutboxDestinationName(void)
 }
 
 /* Raise the error of a bad option value. */
-static void option_error(const OutboxPublisher *publisher, const OutboxOption *option,
-						 const char *problem) pg_attribute_noreturn();
-
 static void
 option_error(const OutboxPublisher *publisher, const OutboxOption *option,
 			 const char *problem)
@@ -709,7 +706,7 @@ check_option_value(const OutboxPublisher *publisher, const OutboxOption *option,
 			break;
 		case OUTBOX_OPTION_INTEGER:
 			{
-				int64		value;
+				int64		value = 0;
 
 				if (v->type == jbvNumeric)
 				{

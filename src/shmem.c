@@ -312,6 +312,8 @@ outbox_shmem_id_clock_ms(void)
 void
 outbox_uuid_from_clock(uint64 ms, uint64 counter, uint32 tail, pg_uuid_t *id)
 {
+	/* id is only written here */
+	/* cppcheck-suppress ctuuninitvar */
 	unsigned char *b = id->data;
 
 	b[0] = (unsigned char) (ms >> 40);

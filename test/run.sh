@@ -27,10 +27,12 @@
 #   OUTBOX_SUITE_TIMEOUT  when CI is set, seconds after which a suite's test
 #                       runner is killed (default 1200; 0 = no limit)
 #   OUTBOX_REQUIRE_BROKERS  if set, the broker publishers' TAP tests (110_kafka,
-#                       120/121_nats, 130-132_amqp, 140-142_redis) fail instead of
+#                       120/121_nats, 130-133_amqp, 140-143_redis) fail instead of
 #                       skipping when a plug-in (outbox_kafka, outbox_nats,
 #                       outbox_amqp, outbox_redis), its test helper or its server
-#                       (nats-server, rabbitmq-server, redis-server) is missing
+#                       (nats-server, rabbitmq-server, redis-server) is missing;
+#                       so does 105_cloudevents_http without node and npm, or
+#                       when npm cannot install the CloudEvents SDK
 #   PG_TEST_TIMEOUT_DEFAULT, PG_TEST_EXTRA   passed on to the TAP framework
 #
 # Output ends with a line "N passed, N failed" counting suites.  The exit

@@ -17,7 +17,15 @@
  * both).  Its body is the payload; message-id is the message id,
  * timestamp its created_at (seconds), content-type its "content-type"
  * header when it has one; its headers go into the AMQP headers table
- * (as long strings), with outbox-topic and outbox-key.
+ * (as long strings), with outbox-topic and outbox-key.  With the format
+ * cloudevents-binary (outbox.amqp_format, or the destination's format) the
+ * CloudEvents attributes go into the headers table too, as ce-*, and
+ * content-type is always set (the payload's); with cloudevents-structured
+ * the body is the JSON event, content-type application/cloudevents+json,
+ * and the message's own content-type header goes into the event.
+ *
+ * A destination takes the settings below as options ("url", "exchange",
+ * "password", ...); the default destination takes the settings.
  *
  * The channel is in confirm mode: a message is OK only once the broker
  * acknowledged it (basic.ack).  A basic.nack, a basic.return (mandatory:
@@ -139,18 +147,43 @@ void		_PG_init(void);
 /* delivery-mode of a persistent message. */
 #define DELIVERY_PERSISTENT 2
 
-/* Settings (reload). */
-static char *amqp_url = NULL;
-static char *amqp_exchange = NULL;
-static char *amqp_routing_key = NULL;
-static char *amqp_username = NULL;
-static char *amqp_password = NULL;
-static char *amqp_ca_file = NULL;
-static char *amqp_cert_file = NULL;
-static char *amqp_key_file = NULL;
-static int	amqp_max_pending = 256;
-static int	amqp_timeout = 5000;
-static int	amqp_max_message_size = 134217728;
+/*
+ * Settings (reload): the default destination's options, and every
+ * destination's defaults.
+ */
+static char *setting_url = NULL;
+static char *setting_exchange = NULL;
+static char *setting_routing_key = NULL;
+static char *setting_username = NULL;
+static char *setting_password = NULL;
+static char *setting_ca_file = NULL;
+static char *setting_cert_file = NULL;
+static char *setting_key_file = NULL;
+static int	setting_max_pending = 256;
+static int	setting_timeout = 5000;
+static int	setting_max_message_size = 134217728;
+
+/* The current destination's options, read by read_config(). */
+typedef struct AmqpOptions
+{
+	char	   *url;
+	char	   *exchange;
+	char	   *routing_key;
+	char	   *username;
+	char	   *password;
+	char	   *ca_file;
+	char	   *cert_file;
+	char	   *key_file;
+	int			max_pending;
+	int			timeout;
+	int			max_message_size;
+	OutboxFormat format;
+	char	   *source;			/* CloudEvents source, unless raw */
+	bool		is_default;		/* the default destination: messages name settings */
+} AmqpOptions;
+
+static AmqpOptions opts;
+static MemoryContext opts_context = NULL;
 
 /* One server of outbox.amqp_url. */
 typedef struct AmqpServer
@@ -330,7 +363,7 @@ parse_server(const char *url, AmqpServer *server, bool use_malloc)
 		const char *end = authority + strcspn(authority, "/?#");
 
 		if (memchr(authority, '@', end - authority) != NULL)
-			problem = "A server URL must not contain a user name or password: use outbox.amqp_username and outbox.amqp_password.";
+			problem = "A server URL must not contain a user name or password: use outbox.amqp_username and outbox.amqp_password (a destination's options username and password).";
 		else if (strpbrk(url, "?#") != NULL)
 			problem = "A server URL must not have a query or fragment part.";
 	}
@@ -436,34 +469,80 @@ split_servers(const char *list, char ***entries, bool *empty_entry)
 }
 
 /*
+ * Why a list of server URLs is not one, or NULL; *bad is the 1-based
+ * position of the server at fault (0 for the list as a whole), *n how many
+ * there are.  Never quotes the value.
+ */
+static const char *
+servers_problem(const char *list, int *bad, int *n)
+{
+	char	  **entries;
+	bool		empty;
+	int			i;
+
+	*n = split_servers(list, &entries, &empty);
+	*bad = 0;
+	if (*n == 0)
+		return "No server is given.";
+	if (empty)
+		return "The list of servers has an empty entry.";
+	for (i = 0; i < *n; i++)
+	{
+		const char *problem = parse_server(entries[i], NULL, false);
+
+		if (problem)
+		{
+			*bad = i + 1;
+			return problem;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * The end of a check hook over a check of the option: true when there is no
+ * problem, else false with it as the detail.
+ */
+static bool
+no_problem(char *problem)
+{
+	if (problem)
+		GUC_check_errdetail("%s", problem);
+	return problem == NULL;
+}
+
+/*
  * Check outbox.amqp_url: one or more server URLs, comma-separated.  The
  * error replaces PostgreSQL's usual message, which would quote the value.
  */
 static bool
 check_amqp_url(char **newval, void **extra, GucSource source)
 {
-	char	  **entries;
-	bool		empty;
-	int			n = split_servers(*newval, &entries, &empty);
-	int			i;
+	int			bad;
+	int			n;
+	const char *problem = servers_problem(*newval, &bad, &n);
 
-	if (n == 0 || empty)
-	{
-		GUC_check_errdetail(n == 0 ? "No server is given." : "The list of servers has an empty entry.");
-		return false;
-	}
-	for (i = 0; i < n; i++)
-	{
-		const char *problem = parse_server(entries[i], NULL, false);
+	if (problem == NULL)
+		return true;
+	if (bad > 0)
+		GUC_check_errmsg("invalid value for parameter \"outbox.amqp_url\" (server %d of %d)", bad, n);
+	GUC_check_errdetail("%s", problem);
+	return false;
+}
 
-		if (problem)
-		{
-			GUC_check_errmsg("invalid value for parameter \"outbox.amqp_url\" (server %d of %d)", i + 1, n);
-			GUC_check_errdetail("%s", problem);
-			return false;
-		}
-	}
-	return true;
+/* The check of a destination's url, over servers_problem(). */
+static char *
+url_option_problem(const char *value)
+{
+	int			bad;
+	int			n;
+	const char *problem = servers_problem(value, &bad, &n);
+
+	if (problem == NULL)
+		return NULL;
+	if (bad > 0)
+		return psprintf("Server %d of %d: %s", bad, n, problem);
+	return pstrdup(problem);
 }
 
 /* template with every "{topic}" replaced by topic (palloc'd). */
@@ -486,65 +565,122 @@ expand_template(const char *template, const char *topic)
 }
 
 /*
- * Check an exchange or routing-key template: with a one-character topic it
- * must fit in an AMQP short string.
+ * Why an exchange or routing-key template is not one, or NULL: with a
+ * one-character topic it must fit in an AMQP short string.
  */
-static bool
-check_template(char **newval, void **extra, GucSource source)
+static char *
+template_problem(const char *value)
 {
-	char	   *sample = expand_template(*newval, "t");
+	char	   *sample = expand_template(value, "t");
 	int			len = (int) strlen(sample);
 
 	pfree(sample);
 	if (len > SHORTSTR_MAX)
-	{
-		GUC_check_errdetail("The template gives names of %d bytes or more; AMQP allows at most %d.",
-							len, SHORTSTR_MAX);
-		return false;
-	}
-	return true;
+		return psprintf("The template gives names of %d bytes or more; AMQP allows at most %d.",
+						len, SHORTSTR_MAX);
+	return NULL;
 }
 
-/* Check outbox.amqp_username: AMQP PLAIN needs one. */
+/* Check an exchange or routing-key setting, over template_problem(). */
+static bool
+check_template(char **newval, void **extra, GucSource source)
+{
+	return no_problem(template_problem(*newval));
+}
+
+/* Why a user name is not one, or NULL: AMQP PLAIN needs one. */
+static char *
+username_problem(const char *value)
+{
+	return value[0] == '\0' ? pstrdup("The user name must not be empty.") : NULL;
+}
+
+/* Check outbox.amqp_username, over username_problem(). */
 static bool
 check_username(char **newval, void **extra, GucSource source)
 {
-	if (**newval == '\0')
-	{
-		GUC_check_errdetail("The user name must not be empty.");
-		return false;
-	}
-	return true;
+	return no_problem(username_problem(*newval));
 }
 
 /*
- * The settings a connection is made with, as one string: a change of any
+ * Read the current destination's options (the settings, for the default
+ * destination) into opts.
+ */
+static void
+read_config(void)
+{
+	MemoryContext old;
+
+	/* Made by _PG_init(). */
+	MemoryContextReset(opts_context);
+	old = MemoryContextSwitchTo(opts_context);
+	opts.url = OutboxOptionString("url");
+	opts.exchange = OutboxOptionString("exchange");
+	opts.routing_key = OutboxOptionString("routing_key");
+	opts.username = OutboxOptionString("username");
+	opts.password = OutboxOptionString("password");
+	opts.ca_file = OutboxOptionString("ca_file");
+	opts.cert_file = OutboxOptionString("cert_file");
+	opts.key_file = OutboxOptionString("key_file");
+	opts.max_pending = (int) OutboxOptionInteger("max_pending");
+	opts.timeout = (int) OutboxOptionInteger("timeout");
+	opts.max_message_size = (int) OutboxOptionInteger("max_message_size");
+	opts.format = OutboxOptionFormat(&opts.source);
+	opts.is_default = strcmp(OutboxDestinationName(), "default") == 0;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * What messages call an option: its setting for the default destination,
+ * else the destination's option.
+ */
+static char *
+option_label(const char *option)
+{
+	if (opts.is_default)
+		return psprintf("outbox.amqp_%s", option);
+	return psprintf("option %s of destination \"%s\"", option, OutboxDestinationName());
+}
+
+/* The hint of a connection problem. */
+static char *
+connection_hint(void)
+{
+	if (opts.is_default)
+		return pstrdup("Check outbox.amqp_url, outbox.amqp_username and outbox.amqp_password, and that the broker runs.");
+	return psprintf("Check the options url, username and password of destination \"%s\", and that the broker runs.",
+					OutboxDestinationName());
+}
+
+/*
+ * The options a connection is made with, as one string: a change of any
  * means a new connection.
  */
 static char *
 connection_fingerprint(void)
 {
-	return psprintf("%s\n%s\n%s\n%s\n%s\n%s", amqp_url, amqp_username, amqp_password,
-					amqp_ca_file, amqp_cert_file, amqp_key_file);
+	return psprintf("%s\n%s\n%s\n%s\n%s\n%s", opts.url, opts.username, opts.password,
+					opts.ca_file, opts.cert_file, opts.key_file);
 }
 
 /*
- * The topic check at save time: a topic that would make an exchange name
- * or routing key longer than AMQP allows is refused.
+ * The topic check at save time, with the settings (the saving backend has
+ * no destination): a topic that would make an exchange name or routing key
+ * longer than AMQP allows is refused.
  */
 static char *
 amqp_check_topic(const char *topic)
 {
-	char	   *exchange = expand_template(amqp_exchange, topic);
-	char	   *routing_key = expand_template(amqp_routing_key, topic);
+	char	   *exchange = expand_template(setting_exchange, topic);
+	char	   *routing_key = expand_template(setting_routing_key, topic);
 	char	   *problem = NULL;
 
 	if (strlen(exchange) > SHORTSTR_MAX)
 		problem = psprintf("With outbox.amqp_exchange = '%s' the exchange name would be %d bytes; AMQP allows at most %d.",
-						   amqp_exchange, (int) strlen(exchange), SHORTSTR_MAX);
+						   setting_exchange, (int) strlen(exchange), SHORTSTR_MAX);
 	else if (strlen(routing_key) > SHORTSTR_MAX)
 		problem = psprintf("With outbox.amqp_routing_key = '%s' the routing key would be %d bytes; AMQP allows at most %d.",
-						   amqp_routing_key, (int) strlen(routing_key), SHORTSTR_MAX);
+						   setting_routing_key, (int) strlen(routing_key), SHORTSTR_MAX);
 	pfree(exchange);
 	pfree(routing_key);
 	return problem;
@@ -1486,7 +1622,7 @@ connect_server(AmqpLink *lk, const AmqpServer *server, char *buf)
 		{
 			if (amqp_ssl_socket_set_cacert(sock, cfg->ca_file) != AMQP_STATUS_OK)
 			{
-				set_text(buf, "could not read the CA file \"%s\" (outbox.amqp_ca_file)", cfg->ca_file);
+				set_text(buf, "could not read the CA file \"%s\"", cfg->ca_file);
 				return false;
 			}
 		}
@@ -1664,7 +1800,7 @@ link_main(void *arg)
 			if (cfg->nservers == 1)
 				set_text(lk->error, "could not connect to %s: %s", server->text, why);
 			else
-				set_text(lk->error, "could not connect to any of the %d servers of outbox.amqp_url (last: %s: %s)",
+				set_text(lk->error, "could not connect to any of the %d servers (last: %s: %s)",
 						 cfg->nservers, server->text, why);
 			lk->state = LINK_DEAD;
 		}
@@ -1800,7 +1936,7 @@ build_config(AmqpLink *lk)
 	AmqpConfig *cfg;
 	char	  **entries;
 	bool		empty;
-	int			n = split_servers(amqp_url, &entries, &empty);
+	int			n = split_servers(opts.url, &entries, &empty);
 	int			i;
 
 	cfg = calloc(1, sizeof(AmqpConfig));
@@ -1828,12 +1964,12 @@ build_config(AmqpLink *lk)
 					 errmsg("out of memory")));
 	}
 	cfg->first = next_first_server % Max(cfg->nservers, 1);
-	cfg->username = strdup_or_error(amqp_username);
-	cfg->password = strdup_or_error(amqp_password);
-	cfg->ca_file = strdup_or_error(amqp_ca_file);
-	cfg->cert_file = strdup_or_error(amqp_cert_file);
-	cfg->key_file = strdup_or_error(amqp_key_file[0] ? amqp_key_file : amqp_cert_file);
-	cfg->timeout_ms = amqp_timeout;
+	cfg->username = strdup_or_error(opts.username);
+	cfg->password = strdup_or_error(opts.password);
+	cfg->ca_file = strdup_or_error(opts.ca_file);
+	cfg->cert_file = strdup_or_error(opts.cert_file);
+	cfg->key_file = strdup_or_error(opts.key_file[0] ? opts.key_file : opts.cert_file);
+	cfg->timeout_ms = opts.timeout;
 }
 
 /* Make the wake-up pipes non-blocking and close-on-exec. */
@@ -2004,14 +2140,14 @@ ensure_connected(void)
 			OutboxPublisherAppendPrintable(&buf, text, (int) strlen(text), true);
 			drop_link(true);
 			back_off();
-			OutboxPublisherReportProblem(&connection_problem, buf.data, "Check outbox.amqp_url, outbox.amqp_username and outbox.amqp_password, and that the broker runs.");
+			OutboxPublisherReportProblem(&connection_problem, buf.data, connection_hint());
 			return false;
 		}
 		if (OutboxPublisherNowMs() >= deadline)
 			break;
 		wait_for_thread(Min(WAIT_SLICE_MS, deadline - OutboxPublisherNowMs()));
 	}
-	OutboxPublisherReportProblem(&connection_problem, psprintf("still connecting to %s", amqp_url), NULL);
+	OutboxPublisherReportProblem(&connection_problem, psprintf("still connecting to %s", opts.url), NULL);
 	return false;
 }
 
@@ -2079,8 +2215,8 @@ prepare_message(AmqpJob *job, int k, const OutboxMessage *m, OutboxPublishResult
 				int frame_max)
 {
 	AmqpOut    *o = &job->out[k];
-	char	   *exchange = expand_template(amqp_exchange, m->topic);
-	char	   *routing_key = expand_template(amqp_routing_key, m->topic);
+	char	   *exchange = expand_template(opts.exchange, m->topic);
+	char	   *routing_key = expand_template(opts.routing_key, m->topic);
 	OutboxHeaderIterator it;
 	OutboxHeader h;
 	int			nheaders = 0;
@@ -2090,14 +2226,19 @@ prepare_message(AmqpJob *job, int k, const OutboxMessage *m, OutboxPublishResult
 	char	   *content_type = NULL;
 	char	  **names;
 	char	  **values;
+	const char *body = m->payload;
+	int			body_len = m->payload_len;
 
+	/* Structured: the body is the event. */
+	if (opts.format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+		body = OutboxCloudEventJson(m, opts.source, &body_len);
 	if (strlen(exchange) > SHORTSTR_MAX)
 		problem = too_long("exchange name", exchange, m->topic);
 	else if (strlen(routing_key) > SHORTSTR_MAX)
 		problem = too_long("routing key", routing_key, m->topic);
-	else if ((int64) m->payload_len > (int64) amqp_max_message_size)
-		problem = psprintf("amqp: the message is %d bytes, more than outbox.amqp_max_message_size (%d bytes)",
-						   m->payload_len, amqp_max_message_size);
+	else if ((int64) body_len > (int64) opts.max_message_size)
+		problem = psprintf("amqp: the message is %d bytes, more than %s (%d bytes)",
+						   body_len, option_label("max_message_size"), opts.max_message_size);
 	if (problem)
 	{
 		result->status = OUTBOX_PUBLISH_REJECT;
@@ -2105,9 +2246,11 @@ prepare_message(AmqpJob *job, int k, const OutboxMessage *m, OutboxPublishResult
 		return false;
 	}
 
-	/* The message's headers, checked. */
-	names = palloc(sizeof(char *) * (JsonContainerSize(&m->headers->root) + 4));
-	values = palloc(sizeof(char *) * (JsonContainerSize(&m->headers->root) + 4));
+	/* The message's headers, checked; room for ours and the attributes. */
+	names = palloc(sizeof(char *) * (JsonContainerSize(&m->headers->root) + 4 +
+									 OUTBOX_CLOUDEVENT_MAX_ATTRIBUTES));
+	values = palloc(sizeof(char *) * (JsonContainerSize(&m->headers->root) + 4 +
+									  OUTBOX_CLOUDEVENT_MAX_ATTRIBUTES));
 	OutboxHeadersBegin(&it, m->headers);
 	while (problem == NULL && OutboxHeadersNext(&it, &h))
 	{
@@ -2119,19 +2262,26 @@ prepare_message(AmqpJob *job, int k, const OutboxMessage *m, OutboxPublishResult
 		else if (is_own_header(name))
 			problem = psprintf("amqp: message header \"%s\" cannot be sent: the amqp publisher sets it itself",
 							   name);
+		else if (opts.format == OUTBOX_FORMAT_CLOUDEVENTS_BINARY &&
+				 OutboxCloudEventHeaderIsReserved(&h, "ce-"))
+			problem = psprintf("amqp: message header \"%s\" cannot be sent: with format cloudevents-binary the amqp publisher sets it itself",
+							   name);
 		else if (h.value == NULL)
 			problem = psprintf("amqp: message header \"%s\" is not a string", name);
 		if (problem)
 			break;
-		names[nheaders] = name;
-		values[nheaders] = pnstrdup(h.value, h.value_len);
 		if (pg_strcasecmp(name, "content-type") == 0)
 		{
-			content_type = values[nheaders];
+			content_type = pnstrdup(h.value, h.value_len);
 			if (strlen(content_type) > SHORTSTR_MAX)
 				problem = psprintf("amqp: the content-type header is %d bytes; the AMQP content-type property holds at most %d",
 								   (int) strlen(content_type), SHORTSTR_MAX);
+			/* Structured: it is the event's datacontenttype. */
+			if (opts.format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+				continue;
 		}
+		names[nheaders] = name;
+		values[nheaders] = pnstrdup(h.value, h.value_len);
 		nheaders++;
 	}
 	if (problem)
@@ -2144,6 +2294,21 @@ prepare_message(AmqpJob *job, int k, const OutboxMessage *m, OutboxPublishResult
 	values[nheaders++] = (char *) m->topic;
 	names[nheaders] = "outbox-key";
 	values[nheaders++] = (char *) m->key;
+	if (opts.format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+		content_type = OUTBOX_CLOUDEVENTS_JSON;
+	else if (opts.format == OUTBOX_FORMAT_CLOUDEVENTS_BINARY)
+	{
+		OutboxCloudEventAttribute attributes[OUTBOX_CLOUDEVENT_MAX_ATTRIBUTES];
+		int			n = OutboxCloudEventAttributes(m, opts.source, "ce-", false, attributes);
+
+		for (i = 0; i < n; i++)
+		{
+			names[nheaders] = (char *) attributes[i].name;
+			values[nheaders++] = (char *) attributes[i].value;
+		}
+		if (content_type == NULL)
+			content_type = OutboxPayloadContentType(m);
+	}
 
 	/* Properties must fit in the content header frame. */
 	props_size = HEADER_FRAME_OVERHEAD + 1 + strlen(m->id_text) + 8 + 1 + 4 +
@@ -2161,7 +2326,7 @@ prepare_message(AmqpJob *job, int k, const OutboxMessage *m, OutboxPublishResult
 	memset(o, 0, sizeof(*o));
 	o->exchange = pool_bytes(job, exchange, strlen(exchange));
 	o->routing_key = pool_bytes(job, routing_key, strlen(routing_key));
-	o->body = pool_bytes(job, m->payload, m->payload_len);
+	o->body = pool_bytes(job, body, body_len);
 	o->props._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG |
 		AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_HEADERS_FLAG;
 	o->props.delivery_mode = DELIVERY_PERSISTENT;
@@ -2223,8 +2388,8 @@ build_job(OutboxMessage *messages, int nmessages, OutboxPublishResult *results, 
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	job->max_pending = amqp_max_pending;
-	job->timeout_ms = amqp_timeout;
+	job->max_pending = opts.max_pending;
+	job->timeout_ms = opts.timeout;
 	return job;
 }
 
@@ -2361,6 +2526,7 @@ amqp_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *result
 	bool		dead;
 	char		reason[ERROR_TEXT_LEN];
 
+	read_config();
 	if (!ensure_connected())
 	{
 		for (i = 0; i < nmessages; i++)
@@ -2423,6 +2589,7 @@ amqp_reload(void)
 {
 	char	   *fingerprint;
 
+	read_config();
 	if (current == NULL || built_fingerprint == NULL)
 		return;
 	fingerprint = connection_fingerprint();
@@ -2484,15 +2651,42 @@ amqp_shutdown(void)
 	OutboxPublisherClearProblem(&connection_problem);
 }
 
+/* A destination's options; each defaults to its setting. */
+static const OutboxOption amqp_options[] = {
+	{.name = "url", .type = OUTBOX_OPTION_STRING, .setting = "outbox.amqp_url",
+	.check = url_option_problem},
+	{.name = "exchange", .type = OUTBOX_OPTION_STRING, .setting = "outbox.amqp_exchange",
+	.check = template_problem},
+	{.name = "routing_key", .type = OUTBOX_OPTION_STRING, .setting = "outbox.amqp_routing_key",
+	.check = template_problem},
+	{.name = "username", .type = OUTBOX_OPTION_STRING, .setting = "outbox.amqp_username",
+	.check = username_problem},
+	{.name = "password", .type = OUTBOX_OPTION_STRING, .setting = "outbox.amqp_password",
+	.secret = true},
+	{.name = "ca_file", .type = OUTBOX_OPTION_STRING, .setting = "outbox.amqp_ca_file"},
+	{.name = "cert_file", .type = OUTBOX_OPTION_STRING, .setting = "outbox.amqp_cert_file"},
+	{.name = "key_file", .type = OUTBOX_OPTION_STRING, .setting = "outbox.amqp_key_file"},
+	{.name = "max_pending", .type = OUTBOX_OPTION_INTEGER, .setting = "outbox.amqp_max_pending",
+	.min_value = 1, .max_value = 65536},
+	{.name = "timeout", .type = OUTBOX_OPTION_INTEGER, .setting = "outbox.amqp_timeout",
+	.unit = GUC_UNIT_MS, .min_value = 100, .max_value = 3600 * 1000},
+	{.name = "max_message_size", .type = OUTBOX_OPTION_INTEGER,
+		.setting = "outbox.amqp_max_message_size", .unit = GUC_UNIT_BYTE,
+	.min_value = 1024, .max_value = INT_MAX},
+	OUTBOX_FORMAT_OPTIONS("outbox.amqp_format"),
+};
+
 static const OutboxPublisher amqp_publisher = {
 	.api_version = OUTBOX_PUBLISHER_API_VERSION,
 	.name = "amqp",
 	.in_transaction = false,
 	.check_topic = amqp_check_topic,
-	.init = NULL,				/* connects on the first batch */
+	.init = read_config,		/* connects on the first batch */
 	.publish = amqp_publish,
 	.reload = amqp_reload,
 	.shutdown = amqp_shutdown,
+	.options = amqp_options,
+	.noptions = lengthof(amqp_options),
 };
 
 /* Define the settings and register the publisher. */
@@ -2508,7 +2702,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.amqp_url",
 							   "AMQP servers the amqp publisher connects to (comma-separated amqp:// or amqps:// URLs, tried in turn).",
 							   NULL,
-							   &amqp_url,
+							   &setting_url,
 							   "amqp://127.0.0.1:5672",
 							   PGC_SIGHUP,
 							   0,
@@ -2517,7 +2711,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.amqp_exchange",
 							   "Exchange the amqp publisher publishes a message to.",
 							   "\"{topic}\" in it is replaced by the message's topic; empty means the default exchange.",
-							   &amqp_exchange,
+							   &setting_exchange,
 							   "amq.topic",
 							   PGC_SIGHUP,
 							   0,
@@ -2526,7 +2720,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.amqp_routing_key",
 							   "Routing key of the amqp publisher's messages.",
 							   "\"{topic}\" in it is replaced by the message's topic.",
-							   &amqp_routing_key,
+							   &setting_routing_key,
 							   "{topic}",
 							   PGC_SIGHUP,
 							   0,
@@ -2535,7 +2729,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.amqp_username",
 							   "User the amqp publisher logs in as (SASL PLAIN).",
 							   NULL,
-							   &amqp_username,
+							   &setting_username,
 							   "guest",
 							   PGC_SIGHUP,
 							   0,
@@ -2549,7 +2743,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.amqp_password",
 							   "Password of outbox.amqp_username.",
 							   NULL,
-							   &amqp_password,
+							   &setting_password,
 							   "guest",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
@@ -2558,7 +2752,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.amqp_ca_file",
 							   "CA certificates to verify amqps:// servers with; empty means the system's.",
 							   NULL,
-							   &amqp_ca_file,
+							   &setting_ca_file,
 							   "",
 							   PGC_SIGHUP,
 							   0,
@@ -2567,7 +2761,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.amqp_cert_file",
 							   "Client certificate for amqps:// servers; empty for none.",
 							   NULL,
-							   &amqp_cert_file,
+							   &setting_cert_file,
 							   "",
 							   PGC_SIGHUP,
 							   0,
@@ -2576,7 +2770,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.amqp_key_file",
 							   "Private key of outbox.amqp_cert_file; empty means the certificate file holds it.",
 							   NULL,
-							   &amqp_key_file,
+							   &setting_key_file,
 							   "",
 							   PGC_SIGHUP,
 							   0,
@@ -2585,7 +2779,7 @@ _PG_init(void)
 	DefineCustomIntVariable("outbox.amqp_max_pending",
 							"Most published messages waiting for their publisher confirm at once.",
 							NULL,
-							&amqp_max_pending,
+							&setting_max_pending,
 							256, 1, 65536,
 							PGC_SIGHUP,
 							0,
@@ -2594,7 +2788,7 @@ _PG_init(void)
 	DefineCustomIntVariable("outbox.amqp_timeout",
 							"Longest wait for a connection, a publisher confirm or the broker taking a message.",
 							NULL,
-							&amqp_timeout,
+							&setting_timeout,
 							5000, 100, 3600 * 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
@@ -2603,13 +2797,19 @@ _PG_init(void)
 	DefineCustomIntVariable("outbox.amqp_max_message_size",
 							"Largest payload the amqp publisher sends; larger messages fail at once.",
 							"Keep it at most the broker's max_message_size (RabbitMQ: 128 MB by default).",
-							&amqp_max_message_size,
+							&setting_max_message_size,
 							134217728, 1024, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
+	OutboxDefineFormatSetting("outbox.amqp_format", "amqp");
+
 	OutboxPublisherKeepSecret("outbox.amqp_password");
+
+	/* Where read_config() keeps the current destination's options. */
+	opts_context = AllocSetContextCreate(TopMemoryContext, "outbox amqp options",
+										 ALLOCSET_SMALL_SIZES);
 
 	OutboxRegisterPublisher(&amqp_publisher);
 }

@@ -19,3 +19,6 @@ include $(PGXS)
 
 # PGXS tracks no header dependencies.
 $(OBJS): src/outbox_publisher.h
+
+# Compiled again when PG_CONFIG names another installation (pg-build.mk).
+include pg-build.mk

@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * builtin.c
- *		The table of publishers built into outbox.so.  Module start
- *		registers them through it, and names none of them.
+ *		The table of publishers built into outbox.so, and of the settings
+ *		all publishers share.  Module start registers them through it, and
+ *		names none of them.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -12,8 +13,12 @@
 
 #include "builtin.h"
 
-/* Each entry defines one publisher's settings and registers it. */
+/*
+ * Each entry defines one publisher's settings and registers it; the first,
+ * the settings every publisher shares (before the plug-ins load).
+ */
 static void (*const builtin_publishers[]) (void) = {
+	outbox_register_cloudevents_settings,
 	outbox_register_notify_publisher,
 	outbox_register_http_publisher,
 	outbox_register_function_publisher,

@@ -22,7 +22,11 @@ extern void outbox_register_notify_publisher(void);
 extern void outbox_register_http_publisher(void);
 extern void outbox_register_function_publisher(void);
 
-/* envelope.c: a whole message as one JSON text. */
+/* cloudevents.c: outbox.cloudevents_source, shared by every publisher. */
+extern void outbox_register_cloudevents_settings(void);
+
+/* envelope.c: a whole message as one JSON text; bytes as base64 text. */
 extern char *outbox_message_envelope(const OutboxMessage *message);
+extern char *outbox_base64_text(const char *data, int len);
 
 #endif							/* OUTBOX_BUILTIN_H */

@@ -59,6 +59,20 @@ payload_form(const OutboxMessage *message)
 	return kind == OUTBOX_PAYLOAD_JSON ? PAYLOAD_JSON : PAYLOAD_TEXT;
 }
 
+/* len bytes of data as base64 text, NUL-terminated and palloc'd. */
+char *
+outbox_base64_text(const char *data, int len)
+{
+	int			enclen = pg_b64_enc_len(len);
+	char	   *encoded = palloc(enclen + 1);
+	int			written = outbox_b64_encode(data, len, encoded, enclen);
+
+	if (written < 0)
+		elog(ERROR, "could not encode outbox payload as base64");
+	encoded[written] = '\0';
+	return encoded;
+}
+
 /* Build the envelope of a message, palloc'd in the current context. */
 char *
 outbox_message_envelope(const OutboxMessage *message)
@@ -87,15 +101,8 @@ outbox_message_envelope(const OutboxMessage *message)
 			break;
 		case PAYLOAD_BASE64:
 			{
-				int			enclen = pg_b64_enc_len(message->payload_len);
-				char	   *encoded = palloc(enclen + 1);
-				int			written;
+				char	   *encoded = outbox_base64_text(message->payload, message->payload_len);
 
-				written = outbox_b64_encode(message->payload, message->payload_len,
-										encoded, enclen);
-				if (written < 0)
-					elog(ERROR, "could not encode outbox payload as base64");
-				encoded[written] = '\0';
 				appendStringInfo(&buf, "\"%s\", \"payload_encoding\": \"base64\"", encoded);
 				pfree(encoded);
 			}

@@ -11,6 +11,15 @@
  * signed the Standard Webhooks way (webhook-id, webhook-timestamp,
  * webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">).
  *
+ * With outbox.http_format (or the destination's format) a message is sent
+ * as a CloudEvent: in binary content mode its attributes are ce-* headers
+ * (percent-encoded, as the HTTP binding asks) and Content-Type is the
+ * payload's; in structured content mode the body is the JSON event, with
+ * Content-Type application/cloudevents+json, and the message's own
+ * content-type header goes into the event instead of the request.  The
+ * other headers, the Outbox-* ones and the signature (of the body sent)
+ * are the same in every format.
+ *
  * A 2xx answer confirms the message.  Anything else (another status, a
  * timeout, a refused connection, a DNS failure) is a failed attempt whose
  * last_error is "HTTP <status>: <start of the body>" or curl's error text;
@@ -92,6 +101,8 @@ typedef struct HttpConfig
 	char	   *signing_secret;
 	char	   *ca_file;
 	Jsonb	   *headers;		/* static headers, or NULL */
+	OutboxFormat format;
+	char	   *source;			/* CloudEvents source, unless raw */
 } HttpConfig;
 
 static HttpConfig cfg;
@@ -628,6 +639,20 @@ static_header(const char *name, int namelen)
 }
 
 /*
+ * Why a header cannot be sent beside the CloudEvents attributes of binary
+ * content mode (it is one of them), or NULL.  whose names it in the text.
+ */
+static char *
+format_header_problem(const OutboxHeader *h, const char *whose)
+{
+	if (cfg.format != OUTBOX_FORMAT_CLOUDEVENTS_BINARY ||
+		!OutboxCloudEventHeaderIsReserved(h, "ce-"))
+		return NULL;
+	return psprintf("%s \"%.*s\" cannot be sent: with format cloudevents-binary the http publisher sets it itself",
+					whose, h->name_len, h->name);
+}
+
+/*
  * Prepare a request for a message.  Returns false, with the message
  * rejected, when its headers cannot be sent.
  */
@@ -642,6 +667,8 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 	char	   *problem = NULL;
 	char	   *url;
 	char	   *created_at;
+	const char *body = m->payload;
+	int			body_len = m->payload_len;
 
 	Assert(r->headers == NULL);
 
@@ -656,6 +683,8 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 			break;
 		}
 		problem = header_problem(h.name, h.name_len, h.value, h.value_len, signing);
+		if (problem == NULL)
+			problem = format_header_problem(&h, "message header");
 		if (problem)
 			break;
 		if (OutboxHeaderNameIs(&h, "content-type"))
@@ -666,6 +695,9 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 				break;
 			}
 			has_content_type = true;
+			/* Structured: it is the event's datacontenttype. */
+			if (cfg.format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+				continue;
 		}
 		if (cfg.headers != NULL && static_header(h.name, h.name_len))
 		{
@@ -682,6 +714,11 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 		while (problem == NULL && OutboxHeadersNext(&it, &h))
 		{
 			problem = header_problem(h.name, h.name_len, h.value, h.value_len, signing);
+			if (problem == NULL && cfg.format != OUTBOX_FORMAT_RAW &&
+				OutboxHeaderNameIs(&h, "content-type"))
+				problem = pstrdup("the destination's header \"Content-Type\" cannot be sent: with a CloudEvents format the publisher sets it");
+			if (problem == NULL)
+				problem = format_header_problem(&h, "the destination's header");
 			if (problem == NULL)
 				add_header(r, h.name, h.name_len, h.value, h.value_len);
 		}
@@ -700,7 +737,23 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 		return false;
 	}
 
-	if (!has_content_type)
+	if (cfg.format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+	{
+		body = OutboxCloudEventJson(m, cfg.source, &body_len);
+		add_header_cstr(r, "Content-Type", OUTBOX_CLOUDEVENTS_JSON);
+	}
+	else if (cfg.format == OUTBOX_FORMAT_CLOUDEVENTS_BINARY)
+	{
+		OutboxCloudEventAttribute attributes[OUTBOX_CLOUDEVENT_MAX_ATTRIBUTES];
+		int			n = OutboxCloudEventAttributes(m, cfg.source, "ce-", true, attributes);
+		int			i;
+
+		if (!has_content_type)
+			add_header_cstr(r, "Content-Type", OutboxPayloadContentType(m));
+		for (i = 0; i < n; i++)
+			add_header_cstr(r, attributes[i].name, attributes[i].value);
+	}
+	else if (!has_content_type)
 		add_header_cstr(r, "Content-Type",
 						OutboxPayloadKindOf(m) == OUTBOX_PAYLOAD_JSON ? "application/json" : "application/octet-stream");
 	add_header_cstr(r, "Outbox-Id", m->id_text);
@@ -729,15 +782,16 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 		add_header_cstr(r, "webhook-timestamp", timestamp);
 		add_header_cstr(r, "webhook-signature",
 						webhook_signature(key, keylen, m->id_text, timestamp,
-										  m->payload, m->payload_len));
+										  body, body_len));
 	}
 
 	url = request_url(r->easy, m->topic);
 	SET_OPTION(r->easy, CURLOPT_URL, url);
 	pfree(url);
 	SET_OPTION(r->easy, CURLOPT_HTTPHEADER, r->headers);
-	SET_OPTION(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) m->payload_len);
-	SET_OPTION(r->easy, CURLOPT_POSTFIELDS, m->payload_len > 0 ? m->payload : "");
+	/* The body lives until the end of publish(): the payload, or palloc'd. */
+	SET_OPTION(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_len);
+	SET_OPTION(r->easy, CURLOPT_POSTFIELDS, body_len > 0 ? body : "");
 	r->errbuf[0] = '\0';
 	r->body_len = 0;
 	return true;
@@ -962,6 +1016,7 @@ read_config(void)
 	cfg.signing_secret = OutboxOptionString("signing_secret");
 	cfg.ca_file = OutboxOptionString("ca_file");
 	cfg.headers = OutboxOptionObject("headers");
+	cfg.format = OutboxOptionFormat(&cfg.source);
 	MemoryContextSwitchTo(old);
 }
 
@@ -1056,6 +1111,7 @@ static const OutboxOption http_options[] = {
 	.setting = "outbox.http_signing_secret", .secret = true},
 	{.name = "headers", .type = OUTBOX_OPTION_OBJECT, .secret = true},
 	{.name = "ca_file", .type = OUTBOX_OPTION_STRING, .setting = "outbox.http_ca_file"},
+	OUTBOX_FORMAT_OPTIONS("outbox.http_format"),
 };
 
 static const OutboxPublisher http_publisher = {
@@ -1124,6 +1180,8 @@ outbox_register_http_publisher(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+
+	OutboxDefineFormatSetting("outbox.http_format", "http");
 
 	OutboxPublisherKeepSecret("outbox.http_signing_secret");
 

@@ -15,7 +15,13 @@
  * empty), so Kafka's partitioner sends one key to one partition; its value
  * is the raw payload; its headers are the message's headers (string values
  * as they are, null as a null header, anything else as its JSON text) plus
- * outbox-id, outbox-topic and outbox-created-at (RFC 3339).
+ * outbox-id, outbox-topic and outbox-created-at (RFC 3339).  With the format
+ * cloudevents-binary (outbox.kafka_format, or the destination's format) the
+ * record is a CloudEvent of the Kafka binding: its attributes are ce_*
+ * headers and content-type is the payload's; with cloudevents-structured
+ * the value is the JSON event and content-type is
+ * application/cloudevents+json (the message's own content-type header goes
+ * into the event).
  *
  * The producer is idempotent (enable.idempotence, so acks=all and no
  * duplicates or reordering from its own retries), created at the first
@@ -106,6 +112,8 @@ static char *setting_properties = NULL;
 static char *kafka_brokers = "";
 static char *kafka_topic = "{topic}";
 static char *kafka_properties = "";
+static OutboxFormat kafka_format = OUTBOX_FORMAT_RAW;
+static char *kafka_source = NULL;	/* CloudEvents source, unless raw */
 static MemoryContext config_context = NULL;
 
 /* One name=value of outbox.kafka_properties. */
@@ -403,6 +411,7 @@ read_config(void)
 	kafka_brokers = OutboxOptionString("brokers");
 	kafka_topic = OutboxOptionString("topic");
 	kafka_properties = OutboxOptionString("properties");
+	kafka_format = OutboxOptionFormat(&kafka_source);
 	MemoryContextSwitchTo(old);
 }
 
@@ -755,15 +764,15 @@ kafka_teardown(void)
 }
 
 /*
- * The Kafka topic of a message: outbox.kafka_topic with every "{topic}"
- * replaced.  Returns NULL with a reason in *problem when the result is not
- * a legal Kafka topic name.
+ * The Kafka topic of a message: template (the destination's topic option)
+ * with every "{topic}" replaced.  Returns NULL with a reason in *problem
+ * when the result is not a legal Kafka topic name.
  */
 static char *
-kafka_topic_for(const char *topic, char **problem)
+kafka_topic_for(const char *template, const char *topic, char **problem)
 {
 	StringInfoData buf;
-	const char *p = kafka_topic;
+	const char *p = template;
 	const char *hit;
 	int			i;
 
@@ -802,12 +811,15 @@ kafka_topic_for(const char *topic, char **problem)
 	return buf.data;
 }
 
-/* check_topic: refuse at save time a topic that maps to no legal name. */
+/*
+ * check_topic: refuse at save time a topic that maps to no legal name with
+ * outbox.kafka_topic (the saving backend has no destination).
+ */
 static char *
 kafka_check_topic(const char *topic)
 {
 	char	   *problem;
-	char	   *name = kafka_topic_for(topic, &problem);
+	char	   *name = kafka_topic_for(setting_topic, topic, &problem);
 
 	if (name)
 	{
@@ -828,11 +840,22 @@ record_headers(const OutboxMessage *m, OutboxPublishResult *result)
 	OutboxHeaderIterator it;
 	OutboxHeader h;
 	char	   *created_at;
+	bool		has_content_type = false;
 
 	OutboxHeadersBegin(&it, m->headers);
 	while (OutboxHeadersNext(&it, &h))
 	{
 		const char *const *own;
+
+		if (kafka_format == OUTBOX_FORMAT_CLOUDEVENTS_BINARY &&
+			OutboxCloudEventHeaderIsReserved(&h, "ce_"))
+		{
+			rd_kafka_headers_destroy(hdrs);
+			result->status = OUTBOX_PUBLISH_REJECT;
+			result->error = psprintf("message header \"%.*s\" cannot be sent: with format cloudevents-binary the kafka publisher sets it itself",
+									 h.name_len, h.name);
+			return NULL;
+		}
 
 		for (own = outbox_headers; *own; own++)
 		{
@@ -853,9 +876,29 @@ record_headers(const OutboxMessage *m, OutboxPublishResult *result)
 									 h.name_len, h.name);
 			return NULL;
 		}
+		if (OutboxHeaderNameIs(&h, "content-type"))
+		{
+			has_content_type = true;
+			/* Structured: it is the event's datacontenttype. */
+			if (kafka_format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+				continue;
+		}
 		rd_kafka_header_add(hdrs, h.name, h.name_len, h.value, h.value_len);
 	}
 
+	if (kafka_format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+		rd_kafka_header_add(hdrs, "content-type", -1, OUTBOX_CLOUDEVENTS_JSON, -1);
+	else if (kafka_format == OUTBOX_FORMAT_CLOUDEVENTS_BINARY)
+	{
+		OutboxCloudEventAttribute attributes[OUTBOX_CLOUDEVENT_MAX_ATTRIBUTES];
+		int			n = OutboxCloudEventAttributes(m, kafka_source, "ce_", false, attributes);
+		int			i;
+
+		for (i = 0; i < n; i++)
+			rd_kafka_header_add(hdrs, attributes[i].name, -1, attributes[i].value, -1);
+		if (!has_content_type)
+			rd_kafka_header_add(hdrs, "content-type", -1, OutboxPayloadContentType(m), -1);
+	}
 	rd_kafka_header_add(hdrs, "outbox-id", -1, m->id_text, -1);
 	rd_kafka_header_add(hdrs, "outbox-topic", -1, m->topic, -1);
 	created_at = JsonEncodeDateTime(NULL, TimestampTzGetDatum(m->created_at),
@@ -897,11 +940,21 @@ produce(const OutboxMessage *m, const char *topic, rd_kafka_headers_t *hdrs, uin
 	size_t		keylen = keyed ? strlen(m->key) : 0;
 	void	   *value = m->payload_len > 0 ? (void *) m->payload : (void *) "";
 	size_t		valuelen = (size_t) m->payload_len;
+	char	   *event = NULL;
+	rd_kafka_resp_err_t err;
+
+	/* Structured: the value is the event (librdkafka copies it). */
+	if (kafka_format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+	{
+		int			len;
+
+		event = OutboxCloudEventJson(m, kafka_source, &len);
+		value = event;
+		valuelen = (size_t) len;
+	}
 
 	for (;;)
 	{
-		rd_kafka_resp_err_t err;
-
 		err = rd_kafka_producev(producer,
 								RD_KAFKA_V_TOPIC(topic),
 								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -911,10 +964,13 @@ produce(const OutboxMessage *m, const char *topic, rd_kafka_headers_t *hdrs, uin
 								RD_KAFKA_V_OPAQUE((void *) (uintptr_t) seq),
 								RD_KAFKA_V_END);
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-			return err;
+			break;
 		serve();
 		(void) OutboxPublisherWait(wake_pipe[0], WL_SOCKET_READABLE, 10);
 	}
+	if (event)
+		pfree(event);
+	return err;
 }
 
 /*
@@ -1024,7 +1080,7 @@ kafka_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resul
 	{
 		const OutboxMessage *m = &messages[i];
 		char	   *problem;
-		char	   *topic = kafka_topic_for(m->topic, &problem);
+		char	   *topic = kafka_topic_for(kafka_topic, m->topic, &problem);
 		rd_kafka_headers_t *hdrs;
 		rd_kafka_resp_err_t err;
 
@@ -1096,6 +1152,7 @@ static const OutboxOption kafka_options[] = {
 	.check = topic_template_problem},
 	{.name = "properties", .type = OUTBOX_OPTION_STRING, .setting = "outbox.kafka_properties",
 	.secret = true, .check = properties_problem},
+	OUTBOX_FORMAT_OPTIONS("outbox.kafka_format"),
 };
 
 static const OutboxPublisher kafka_publisher = {
@@ -1150,6 +1207,8 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   check_kafka_properties, NULL, NULL);
+
+	OutboxDefineFormatSetting("outbox.kafka_format", "kafka");
 
 	OutboxPublisherKeepSecret("outbox.kafka_properties");
 

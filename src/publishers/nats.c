@@ -18,6 +18,13 @@
  * crash of the worker between the publication and its mark) falls in the
  * stream's duplicate window and is stored once.
  *
+ * With the format cloudevents-binary (outbox.nats_format, or the
+ * destination's format) the message is a CloudEvent of the NATS binding:
+ * its attributes are ce-* headers and content-type is the payload's; with
+ * cloudevents-structured the payload is the JSON event and content-type is
+ * application/cloudevents+json (the message's own content-type header goes
+ * into the event).  The other headers are the same in every format.
+ *
  * Publications are asynchronous (js_PublishMsgAsync), up to
  * outbox.nats_max_pending in flight.  A message is confirmed (OK) only by
  * its PubAck.  "No responders" (no stream captures the subject), a
@@ -99,6 +106,8 @@ static char *nats_subject = "{topic}";
 static char *nats_credentials = "";
 static int	nats_max_pending = 256;
 static int	nats_timeout = 5000;
+static OutboxFormat nats_format = OUTBOX_FORMAT_RAW;
+static char *nats_source = NULL;	/* CloudEvents source, unless raw */
 static MemoryContext config_context = NULL;
 
 /*
@@ -373,6 +382,7 @@ read_config(void)
 	nats_credentials = OutboxOptionString("credentials");
 	nats_max_pending = (int) OutboxOptionInteger("max_pending");
 	nats_timeout = (int) OutboxOptionInteger("timeout");
+	nats_format = OutboxOptionFormat(&nats_source);
 	MemoryContextSwitchTo(old);
 }
 
@@ -934,6 +944,9 @@ build_message(const OutboxMessage *m, OutboxPublishResult *result)
 	natsStatus	s;
 	OutboxHeaderIterator it;
 	OutboxHeader h;
+	const char *data = m->payload;
+	int			data_len = m->payload_len;
+	bool		has_content_type = false;
 
 	if (why)
 	{
@@ -960,7 +973,10 @@ build_message(const OutboxMessage *m, OutboxPublishResult *result)
 		return NULL;
 	}
 
-	s = natsMsg_Create(&msg, subject, NULL, m->payload, m->payload_len);
+	/* Structured: the payload is the event (natsMsg_Create copies it). */
+	if (nats_format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+		data = OutboxCloudEventJson(m, nats_source, &data_len);
+	s = natsMsg_Create(&msg, subject, NULL, data, data_len);
 	if (s != NATS_OK)
 	{
 		result->status = OUTBOX_PUBLISH_RETRY;
@@ -997,10 +1013,21 @@ build_message(const OutboxMessage *m, OutboxPublishResult *result)
 		if (problem == NULL && is_own_header(name))
 			problem = psprintf("message header \"%s\" cannot be sent: the nats publisher sets it itself",
 							   name);
+		if (problem == NULL && nats_format == OUTBOX_FORMAT_CLOUDEVENTS_BINARY &&
+			OutboxCloudEventHeaderIsReserved(&h, "ce-"))
+			problem = psprintf("message header \"%s\" cannot be sent: with format cloudevents-binary the nats publisher sets it itself",
+							   name);
 		if (problem == NULL && h.value == NULL)
 			problem = psprintf("message header \"%s\" is not a string", name);
 		if (problem != NULL)
 			break;
+		if (OutboxHeaderNameIs(&h, "content-type"))
+		{
+			has_content_type = true;
+			/* Structured: it is the event's datacontenttype. */
+			if (nats_format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+				continue;
+		}
 		value = pnstrdup(h.value, h.value_len);
 		why = value_problem(value);
 		if (why)
@@ -1009,6 +1036,19 @@ build_message(const OutboxMessage *m, OutboxPublishResult *result)
 			problem = set_header(msg, name, value, true);
 	}
 
+	if (problem == NULL && nats_format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+		problem = set_header(msg, "content-type", OUTBOX_CLOUDEVENTS_JSON, false);
+	else if (problem == NULL && nats_format == OUTBOX_FORMAT_CLOUDEVENTS_BINARY)
+	{
+		OutboxCloudEventAttribute attributes[OUTBOX_CLOUDEVENT_MAX_ATTRIBUTES];
+		int			n = OutboxCloudEventAttributes(m, nats_source, "ce-", false, attributes);
+		int			i;
+
+		for (i = 0; i < n && problem == NULL; i++)
+			problem = set_header(msg, attributes[i].name, attributes[i].value, false);
+		if (problem == NULL && !has_content_type)
+			problem = set_header(msg, "content-type", OutboxPayloadContentType(m), false);
+	}
 	if (problem == NULL)
 		problem = set_header(msg, "Nats-Msg-Id", m->id_text, false);
 	if (problem == NULL)
@@ -1366,6 +1406,7 @@ static const OutboxOption nats_options[] = {
 	.min_value = 1, .max_value = 65536},
 	{.name = "timeout", .type = OUTBOX_OPTION_INTEGER, .setting = "outbox.nats_timeout",
 	.unit = GUC_UNIT_MS, .min_value = 100, .max_value = 3600 * 1000},
+	OUTBOX_FORMAT_OPTIONS("outbox.nats_format"),
 };
 
 static const OutboxPublisher nats_publisher = {
@@ -1435,6 +1476,8 @@ _PG_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	OutboxDefineFormatSetting("outbox.nats_format", "nats");
 
 	OutboxRegisterPublisher(&nats_publisher);
 }

@@ -16,6 +16,18 @@
  * outbox.redis_maxlen trims the stream when set.  A message is OK once
  * Redis answered the XADD.
  *
+ * With a CloudEvents format (outbox.redis_format, or the destination's
+ * format) an entry reads like a Kafka record of the CloudEvents Kafka
+ * binding, "data" being its value: cloudevents-binary gives the fields id,
+ * the attributes as ce_specversion, ce_id, ce_source, ce_type, ce_time and
+ * ce_subject (with a key), content-type (the payload's), headers and data
+ * (the payload); cloudevents-structured gives id, content-type
+ * (application/cloudevents+json), headers and data (the JSON event).  The
+ * field id stays first in every format: the script below dedupes on it.
+ *
+ * A destination takes the settings below as options ("url", "stream",
+ * "password", ...); the default destination takes the settings.
+ *
  * Duplicates.  A message is published again when its first publication's
  * answer was lost (the worker died before marking it, the connection
  * broke).  To keep the stream free of such copies, each XADD runs inside a
@@ -117,14 +129,30 @@ void		_PG_init(void);
 /* Suffix of the sorted set that remembers a stream's late entries. */
 #define LATE_SUFFIX			":outbox-late"
 
-/* Settings (reload). */
-static char *redis_url = NULL;
-static char *redis_stream = NULL;
-static char *redis_username = NULL;
-static char *redis_password = NULL;
+/*
+ * Settings (reload): the default destination's options, and every
+ * destination's defaults.
+ */
+static char *setting_url = NULL;
+static char *setting_stream = NULL;
+static char *setting_username = NULL;
+static char *setting_password = NULL;
+static int	setting_maxlen = 0;
+static int	setting_timeout = 5000;
+static int	setting_dedupe_window = 600000;
+
+/* The current destination's options (the settings, by default), read by read_config(). */
+static char *redis_url = "";
+static char *redis_stream = "{topic}";
+static char *redis_username = "";
+static char *redis_password = "";
 static int	redis_maxlen = 0;
 static int	redis_timeout = 5000;
 static int	redis_dedupe_window = 600000;
+static OutboxFormat redis_format = OUTBOX_FORMAT_RAW;
+static char *redis_source = NULL;	/* CloudEvents source, unless raw */
+static bool is_default_destination = true;
+static MemoryContext config_context = NULL;
 
 /*
  * The script every message is added with (see the file header).
@@ -334,6 +362,61 @@ parse_url(const char *url, RedisTarget *target)
 	return NULL;
 }
 
+/* The check of a destination's url, over parse_url(). */
+static char *
+url_problem(const char *value)
+{
+	const char *problem = parse_url(value, NULL);
+
+	return problem ? pstrdup(problem) : NULL;
+}
+
+/* Why a stream key template is not one, or NULL. */
+static char *
+stream_problem(const char *value)
+{
+	return value[0] == '\0' ? pstrdup("The stream key template must not be empty.") : NULL;
+}
+
+/*
+ * Read the current destination's options (the settings, for the default
+ * destination).
+ */
+static void
+read_config(void)
+{
+	MemoryContext old;
+
+	if (config_context == NULL)
+		config_context = AllocSetContextCreate(TopMemoryContext, "outbox redis options",
+											   ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(config_context);
+	old = MemoryContextSwitchTo(config_context);
+	redis_url = OutboxOptionString("url");
+	redis_stream = OutboxOptionString("stream");
+	redis_username = OutboxOptionString("username");
+	redis_password = OutboxOptionString("password");
+	redis_maxlen = (int) OutboxOptionInteger("maxlen");
+	redis_timeout = (int) OutboxOptionInteger("timeout");
+	redis_dedupe_window = (int) OutboxOptionInteger("dedupe_window");
+	redis_format = OutboxOptionFormat(&redis_source);
+	is_default_destination = strcmp(OutboxDestinationName(), "default") == 0;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * What hints call the settings: "outbox.redis_<name>" for the default
+ * destination, else the destination's options (one name, or several).
+ */
+static char *
+named(const char *settings, const char *options)
+{
+	if (is_default_destination)
+		return pstrdup(settings);
+	return psprintf("the option%s %s of destination \"%s\"", strchr(options, ' ') ? "s" : "",
+					options, OutboxDestinationName());
+}
+
 /* Check outbox.redis_url; the error replaces the message that would quote it. */
 static bool
 check_redis_url(char **newval, void **extra, GucSource source)
@@ -349,16 +432,16 @@ check_redis_url(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* Check outbox.redis_stream: stream keys must not be empty. */
+/* Check outbox.redis_stream, over stream_problem(). */
 static bool
 check_redis_stream(char **newval, void **extra, GucSource source)
 {
-	if (**newval == '\0')
-	{
-		GUC_check_errdetail("The stream key template must not be empty.");
-		return false;
-	}
-	return true;
+	char	   *problem = stream_problem(*newval);
+
+	if (problem == NULL)
+		return true;
+	GUC_check_errdetail("%s", problem);
+	return false;
 }
 
 /* The settings a connection is made with: a change of any means a new one. */
@@ -775,7 +858,7 @@ ensure_connected(void)
 	why = resolve(target.host, target.port, deadline, &addrs);
 	if (why)
 	{
-		connect_failed(&target, why, "Check outbox.redis_url.");
+		connect_failed(&target, why, psprintf("Check %s.", named("outbox.redis_url", "url")));
 		return false;
 	}
 	for (i = 0; i < addrs.naddrs && fd < 0; i++)
@@ -783,7 +866,7 @@ ensure_connected(void)
 	if (fd < 0)
 	{
 		connect_failed(&target, why ? why : "no address to connect to",
-					   "Check outbox.redis_url, and that Redis runs.");
+					   psprintf("Check %s, and that Redis runs.", named("outbox.redis_url", "url")));
 		return false;
 	}
 	rc = redisConnectFd(fd);
@@ -837,7 +920,8 @@ ensure_connected(void)
 	why = converse(n, keep_handshake_reply, &h, &h.nreplies);
 	if (why)
 	{
-		connect_failed(&target, why, "Check outbox.redis_url, and that Redis runs.");
+		connect_failed(&target, why,
+					   psprintf("Check %s, and that Redis runs.", named("outbox.redis_url", "url")));
 		return false;
 	}
 	if (h.auth_at >= 0 && h.errors[h.auth_at])
@@ -846,14 +930,15 @@ ensure_connected(void)
 					   psprintf("Redis refused the credentials%s%s%s: %s",
 								redis_username[0] ? " of user \"" : "", redis_username,
 								redis_username[0] ? "\"" : "", h.texts[h.auth_at]),
-					   "Check outbox.redis_username and outbox.redis_password.");
+					   psprintf("Check %s.", named("outbox.redis_username and outbox.redis_password",
+												   "username and password")));
 		return false;
 	}
 	if (h.select_at >= 0 && h.errors[h.select_at])
 	{
 		connect_failed(&target, psprintf("could not select database %d: %s", target.database,
 										 h.texts[h.select_at]),
-					   "Check the database number in outbox.redis_url.");
+					   psprintf("Check the database number in %s.", named("outbox.redis_url", "url")));
 		return false;
 	}
 	if (h.errors[h.script_at])
@@ -862,7 +947,9 @@ ensure_connected(void)
 
 		connect_failed(&target, psprintf("could not load the publisher's script: %s", text),
 					   strncmp(text, "NOAUTH", 6) == 0 ?
-					   "Redis needs a password: set outbox.redis_password (and outbox.redis_username)." :
+					   psprintf("Redis needs a password: set %s.",
+								named("outbox.redis_password (and outbox.redis_username)",
+									  "password (and username)")) :
 					   strncmp(text, "LOADING", 7) == 0 ? NULL :
 					   "The redis publisher needs EVALSHA, XADD, XRANGE, XREVRANGE, ZADD, ZSCORE and PEXPIRE.");
 		return false;
@@ -981,20 +1068,25 @@ static bool
 append_message(const OutboxMessage *m, OutboxPublishResult *result, const char *maxlen,
 			   const char *window)
 {
-	const char *argv[21];
-	size_t		argvlen[21];
+	const char *argv[40];
+	size_t		argvlen[40];
 	char		cand[48];
 	char	   *stream;
 	char	   *late;
 	char	   *headers;
 	char	   *created_at;
+	const char *data = m->payload;
+	int			data_len = m->payload_len;
 	int			argc = 0;
 
-	if (m->payload_len > MAX_PAYLOAD_BYTES)
+	/* Structured: the data is the event. */
+	if (redis_format == OUTBOX_FORMAT_CLOUDEVENTS_STRUCTURED)
+		data = OutboxCloudEventJson(m, redis_source, &data_len);
+	if (data_len > MAX_PAYLOAD_BYTES)
 	{
 		result->status = OUTBOX_PUBLISH_REJECT;
 		result->error = psprintf("redis: the message is %d bytes; Redis takes at most %d (proto-max-bulk-len)",
-								 m->payload_len, MAX_PAYLOAD_BYTES);
+								 data_len, MAX_PAYLOAD_BYTES);
 		return false;
 	}
 	stream = expand_template(redis_stream, m->topic);
@@ -1015,17 +1107,45 @@ append_message(const OutboxMessage *m, OutboxPublishResult *result, const char *
 	ARG(window, strlen(window));
 	ARG("id", 2);
 	ARG(m->id_text, strlen(m->id_text));
-	ARG("topic", 5);
-	ARG(m->topic, strlen(m->topic));
-	ARG("key", 3);
-	ARG(m->key, strlen(m->key));
-	ARG("headers", 7);
-	ARG(headers, strlen(headers));
-	ARG("payload", 7);
-	ARG(m->payload, m->payload_len);
-	ARG("created_at", 10);
-	ARG(created_at, strlen(created_at));
+	if (redis_format == OUTBOX_FORMAT_RAW)
+	{
+		ARG("topic", 5);
+		ARG(m->topic, strlen(m->topic));
+		ARG("key", 3);
+		ARG(m->key, strlen(m->key));
+		ARG("headers", 7);
+		ARG(headers, strlen(headers));
+		ARG("payload", 7);
+		ARG(m->payload, m->payload_len);
+		ARG("created_at", 10);
+		ARG(created_at, strlen(created_at));
+	}
+	else
+	{
+		const char *content_type = OUTBOX_CLOUDEVENTS_JSON;
+
+		if (redis_format == OUTBOX_FORMAT_CLOUDEVENTS_BINARY)
+		{
+			OutboxCloudEventAttribute attributes[OUTBOX_CLOUDEVENT_MAX_ATTRIBUTES];
+			int			n = OutboxCloudEventAttributes(m, redis_source, "ce_", false, attributes);
+			int			i;
+
+			for (i = 0; i < n; i++)
+			{
+				ARG(attributes[i].name, strlen(attributes[i].name));
+				ARG(attributes[i].value, strlen(attributes[i].value));
+			}
+			content_type = OutboxPayloadContentType(m);
+		}
+		ARG("content-type", 12);
+		ARG(content_type, strlen(content_type));
+		ARG("headers", 7);
+		ARG(headers, strlen(headers));
+		ARG("data", 4);
+		ARG(data, data_len);
+	}
 #undef ARG
+	Assert(argc <= (int) lengthof(argv));
 
 	if (redisAppendCommandArgv(rc, argc, argv, argvlen) != REDIS_OK)
 		ereport(ERROR,
@@ -1054,6 +1174,7 @@ redis_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resul
 	int			nreplies = 0;
 	int			i;
 
+	read_config();
 	if (!ensure_connected())
 	{
 		for (i = 0; i < nmessages; i++)
@@ -1129,6 +1250,7 @@ redis_reload(void)
 {
 	char	   *fingerprint;
 
+	read_config();
 	if (built_fingerprint == NULL)
 		return;
 	fingerprint = connection_fingerprint();
@@ -1155,15 +1277,36 @@ redis_shutdown(void)
 	OutboxPublisherClearProblem(&connection_problem);
 }
 
+/* A destination's options; each defaults to its setting. */
+static const OutboxOption redis_options[] = {
+	{.name = "url", .type = OUTBOX_OPTION_STRING, .setting = "outbox.redis_url",
+	.check = url_problem},
+	{.name = "stream", .type = OUTBOX_OPTION_STRING, .setting = "outbox.redis_stream",
+	.check = stream_problem},
+	{.name = "username", .type = OUTBOX_OPTION_STRING, .setting = "outbox.redis_username"},
+	{.name = "password", .type = OUTBOX_OPTION_STRING, .setting = "outbox.redis_password",
+	.secret = true},
+	{.name = "maxlen", .type = OUTBOX_OPTION_INTEGER, .setting = "outbox.redis_maxlen",
+	.min_value = 0, .max_value = INT_MAX},
+	{.name = "timeout", .type = OUTBOX_OPTION_INTEGER, .setting = "outbox.redis_timeout",
+	.unit = GUC_UNIT_MS, .min_value = 100, .max_value = 3600 * 1000},
+	{.name = "dedupe_window", .type = OUTBOX_OPTION_INTEGER,
+		.setting = "outbox.redis_dedupe_window", .unit = GUC_UNIT_MS,
+	.min_value = 1000, .max_value = INT_MAX},
+	OUTBOX_FORMAT_OPTIONS("outbox.redis_format"),
+};
+
 static const OutboxPublisher redis_publisher = {
 	.api_version = OUTBOX_PUBLISHER_API_VERSION,
 	.name = "redis",
 	.in_transaction = false,
 	.check_topic = NULL,		/* any topic makes a stream key */
-	.init = NULL,				/* connects on the first batch */
+	.init = read_config,		/* connects on the first batch */
 	.publish = redis_publish,
 	.reload = redis_reload,
 	.shutdown = redis_shutdown,
+	.options = redis_options,
+	.noptions = lengthof(redis_options),
 };
 
 /* Define the settings and register the publisher. */
@@ -1179,7 +1322,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.redis_url",
 							   "Redis server the redis publisher connects to (redis://host[:port][/database]).",
 							   NULL,
-							   &redis_url,
+							   &setting_url,
 							   "redis://127.0.0.1:6379",
 							   PGC_SIGHUP,
 							   0,
@@ -1188,7 +1331,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.redis_stream",
 							   "Stream (key) the redis publisher adds a message to.",
 							   "\"{topic}\" in it is replaced by the message's topic.",
-							   &redis_stream,
+							   &setting_stream,
 							   "{topic}",
 							   PGC_SIGHUP,
 							   0,
@@ -1197,7 +1340,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.redis_username",
 							   "User the redis publisher authenticates as (Redis 6 ACL); empty for the default user.",
 							   NULL,
-							   &redis_username,
+							   &setting_username,
 							   "",
 							   PGC_SIGHUP,
 							   0,
@@ -1211,7 +1354,7 @@ _PG_init(void)
 	DefineCustomStringVariable("outbox.redis_password",
 							   "Password the redis publisher authenticates with (AUTH); empty for none.",
 							   NULL,
-							   &redis_password,
+							   &setting_password,
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
@@ -1220,7 +1363,7 @@ _PG_init(void)
 	DefineCustomIntVariable("outbox.redis_maxlen",
 							"Trim streams to about this many entries (XADD MAXLEN ~); 0 keeps them whole.",
 							NULL,
-							&redis_maxlen,
+							&setting_maxlen,
 							0, 0, INT_MAX,
 							PGC_SIGHUP,
 							0,
@@ -1229,7 +1372,7 @@ _PG_init(void)
 	DefineCustomIntVariable("outbox.redis_timeout",
 							"Longest wait for a connection, or for Redis to answer.",
 							NULL,
-							&redis_timeout,
+							&setting_timeout,
 							5000, 100, 3600 * 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
@@ -1238,11 +1381,13 @@ _PG_init(void)
 	DefineCustomIntVariable("outbox.redis_dedupe_window",
 							"How long a stream remembers the ids of messages added late, to refuse them again.",
 							"Keep it longer than outbox.retry_backoff_max plus the time a worker takes to come back.",
-							&redis_dedupe_window,
+							&setting_dedupe_window,
 							600000, 1000, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	OutboxDefineFormatSetting("outbox.redis_format", "redis");
 
 	OutboxPublisherKeepSecret("outbox.redis_password");
 

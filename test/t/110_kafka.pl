@@ -8,8 +8,16 @@
 #  - one key lands in one partition, in id order;
 #  - broker errors (NOT_ENOUGH_REPLICAS on Produce) are failed attempts
 #    with the broker's text in last_error, and everything arrives after;
+#  - CloudEvents: a destination with format cloudevents-binary writes the
+#    attributes as ce_* headers (ce_id, ce_source, ce_specversion, ce_type,
+#    ce_time, ce_subject only with a key) and content-type once, the value
+#    and the message's headers as they are; cloudevents-structured writes
+#    the JSON event as the value, content-type application/cloudevents+json;
+#    a ce_id message header fails its message in binary mode only; a bad
+#    format option is refused with 22023;
 #  - a topic that is no legal Kafka name, and a header the publisher sets
-#    itself, fail their message at once; save() refuses the topic;
+#    itself, fail their message at once; save() refuses the topic, with
+#    outbox.kafka_topic applied;
 #  - bad outbox.kafka_properties: refused by the check hook without quoting
 #    the value; an unknown property is logged by name and messages wait;
 #    non-superusers cannot read it; the secret never reaches the log;
@@ -32,20 +40,11 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
+use OutboxDestinations;
 use OutboxTest;
 
 # Skip (or fail, under OUTBOX_REQUIRE_BROKERS) when something is missing.
-sub missing
-{
-	my ($why) = @_;
-	if ($ENV{OUTBOX_REQUIRE_BROKERS})
-	{
-		fail("$why (OUTBOX_REQUIRE_BROKERS is set)");
-		done_testing();
-		exit 0;
-	}
-	plan skip_all => $why;
-}
+sub missing { OutboxTest::missing(@_) }
 
 my $pg_config = $ENV{PG_CONFIG} // 'pg_config';
 my $pkglibdir = `$pg_config --pkglibdir`;
@@ -262,11 +261,63 @@ is( $node->safe_psql('postgres',
 	'0', 'last_error has the broker\'s error text');
 
 ########################################################################
+# CloudEvents, in two destinations of their own.
+
+my ($rc, $stdout, $stderr);
+is(mock_command('topic ce.bin 1'), 'ok', 'topic "ce.bin" created');
+is(mock_command('topic ce.str 1'), 'ok', 'topic "ce.str" created');
+my %ce = OutboxDestinations::cloudevents($node, 'kafka',
+	binary => qq{"brokers": "$bootstrap", "topic": "ce.bin"},
+	structured => qq{"brokers": "$bootstrap", "topic": "ce.str"},
+	topic => 'ce', reserved => 'ce_id');
+ok( OutboxTest::wait_until(
+		$OutboxTest::TIMEOUT,
+		sub { drain_mock(); 4 == grep { $_->{topic} =~ /^ce\./ } records_of($ce{json}, $ce{bytes}) }),
+	'the mock cluster has their four records');
+
+# The record of message $id in Kafka topic $topic, its headers' first values in "first".
+sub record_in
+{
+	my ($topic, $id) = @_;
+	my @r = grep { $_->{topic} eq $topic } records_of($id);
+	is(scalar @r, 1, "one record of $id in $topic");
+	my $r = $r[0] // { h => {}, value => '' };
+	$r->{first} = { map { $_ => $r->{h}{$_}[0] } keys %{ $r->{h} } };
+	return $r;
+}
+
+my $rec = record_in('ce.bin', $ce{json});
+OutboxDestinations::is_attributes($rec->{first}, $node, $ce{json}, 'ce_', 'ce.created', 'k1', 'binary');
+is_deeply([ @{ $rec->{h} }{qw(content-type x-trace)} ], [ ['application/json'], ['ce-1'] ],
+	'binary: content-type once, and the message\'s headers');
+is($rec->{value}, '{"n": 1}', 'binary: the value is the payload');
+is($rec->{key}, 'k1', 'binary: the key is the message key');
+$rec = record_in('ce.bin', $ce{bytes});
+ok(!exists $rec->{h}{ce_subject}, 'binary: no ce_subject without a key');
+is_deeply($rec->{h}{'content-type'}, ['application/octet-stream'], 'binary: content-type of a binary payload');
+
+$rec = record_in('ce.str', $ce{json});
+is_deeply([ @{ $rec->{h} }{qw(content-type x-trace)} ], [ ['application/cloudevents+json'], ['ce-1'] ],
+	'structured: content-type application/cloudevents+json once, and the message\'s headers');
+OutboxDestinations::is_event($rec->{value}, $ce{json}, 'kafka', 'ce.created', 'structured');
+is(OutboxDestinations::data_base64(record_in('ce.str', $ce{bytes})->{value}), 'AP9B',
+	'structured: a binary payload is data_base64');
+
+like(OutboxTest::error_of($node, q{SELECT outbox.create_destination('ce_bad', 'kafka', '{"brokers": "b:9092", "format": "avro"}')}),
+	qr/^22023: invalid value for option "format" of publisher "kafka"/, 'a bad format option is refused with 22023');
+$node->safe_psql('postgres', q{SELECT outbox.drop_destination('ce_bin', force => true); SELECT outbox.drop_destination('ce_str')});
+
+########################################################################
 # Messages that can never be sent fail at once.
 
-my ($rc, $stdout, $stderr) = $node->psql('postgres', q{SELECT outbox.save('bad topic!', '1'::text)});
+($rc, $stdout, $stderr) = $node->psql('postgres', q{SELECT outbox.save('bad topic!', '1'::text)});
 isnt($rc, 0, 'save() refuses a topic that is no legal Kafka topic name');
 like($stderr, qr/not a legal Kafka topic name/, 'with the reason');
+OutboxTest::set_conf($node, 'outbox.kafka_topic' => '{topic}.{topic}');
+($rc, $stdout, $stderr) = $node->psql('postgres', q{SELECT outbox.save(repeat('t', 200), '1'::text)});
+like($stderr, qr/a Kafka topic name must have 1 to 249 characters, not 401/,
+	'save() applies outbox.kafka_topic: a topic that makes too long a name is refused');
+OutboxTest::set_conf($node, 'outbox.kafka_topic' => '{topic}');
 my ($bad_topic_id) = ids_of(q{
 	INSERT INTO outbox.messages (topic, payload) VALUES ('bad topic!', '\x31') RETURNING id});
 my $spoofed_id = $node->safe_psql('postgres',

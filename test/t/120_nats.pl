@@ -14,7 +14,14 @@
 #    stream matches subject ..." and is delivered once the stream exists;
 #  - server restart: while nats-server is down messages stay pending (the
 #    problem is logged once, the worker does not spin), and are delivered
-#    after it comes back on the same port with the same store.
+#    after it comes back on the same port with the same store;
+#  - CloudEvents (last, so that its destination workers leave the kill
+#    test as it was): a destination with format cloudevents-binary publishes
+#    the attributes as ce-* headers (ce-subject only with a key) and
+#    content-type, the payload as it is; cloudevents-structured publishes
+#    the JSON event with content-type application/cloudevents+json, the
+#    message's headers kept; a ce-source message header fails its message
+#    in binary mode only.
 
 use strict;
 use warnings;
@@ -24,6 +31,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
+use OutboxDestinations;
 use OutboxNats;
 use OutboxTest;
 
@@ -273,6 +281,38 @@ ok(wait_stream_count('ORDERS', $before + 50), 'the stream got the 50 messages');
 my %orders = map { $_->{headers}{'Nats-Msg-Id'} => 1 } $nats->dump('ORDERS');
 is(scalar(grep { !$orders{$_} } @down), 0, 'each message saved while down is in the stream');
 is($nats->count('ORDERS'), $before + 50, 'and only once');
+
+########################################################################
+# CloudEvents, in two destinations of their own (and two streams: one
+# stream would take the second copy of a message id for a duplicate).
+
+$nats->js('add-stream', 'CEBIN', 'cloud.bin.>', 1, 120);
+$nats->js('add-stream', 'CESTR', 'cloud.str.>', 1, 120);
+my %ce = OutboxDestinations::cloudevents($node, 'nats',
+	binary => qq{"url": "$url", "subject": "cloud.bin.{topic}"},
+	structured => qq{"url": "$url", "subject": "cloud.str.{topic}"},
+	topic => 'ce', reserved => 'ce-source');
+
+my %ce_bin = map { $_->{headers}{'Nats-Msg-Id'} => $_ } $nats->dump('CEBIN');
+my %ce_str = map { $_->{headers}{'Nats-Msg-Id'} => $_ } $nats->dump('CESTR');
+is(scalar keys %ce_bin, 2, 'binary: two messages in their stream');
+my $m = $ce_bin{ $ce{json} } // { headers => {} };
+OutboxDestinations::is_attributes($m->{headers}, $node, $ce{json}, 'ce-', 'ce.created', 'k1', 'binary');
+is_deeply([ @{ $m->{headers} }{qw(content-type x-trace)} ], [ 'application/json', 'ce-1' ],
+	'binary: content-type, and the message\'s headers');
+is($m->{data}, '{"n": 1}', 'binary: the payload as it is');
+is($m->{subject}, 'cloud.bin.ce.created', 'binary: the destination\'s subject');
+$m = $ce_bin{ $ce{bytes} } // { headers => {} };
+ok(!exists $m->{headers}{'ce-subject'}, 'binary: no ce-subject without a key');
+is($m->{headers}{'content-type'}, 'application/octet-stream', 'binary: content-type of a binary payload');
+
+is(scalar keys %ce_str, 3, 'structured: three messages in their stream');
+$m = $ce_str{ $ce{json} } // { headers => {} };
+is_deeply([ @{ $m->{headers} }{qw(content-type x-trace)} ], [ 'application/cloudevents+json', 'ce-1' ],
+	'structured: content-type, and the message\'s headers');
+OutboxDestinations::is_event($m->{data}, $ce{json}, 'nats', 'ce.created', 'structured');
+is(OutboxDestinations::data_base64(($ce_str{ $ce{bytes} } // {})->{data}), 'AP9B',
+	'structured: a binary payload is data_base64');
 
 $node->stop;
 done_testing();

@@ -52,21 +52,6 @@ sub psql_value
 	return $node->safe_psql('postgres', $sql);
 }
 
-# The entry id a message id names: milliseconds, then the 42-bit counter
-# and the next 20 bits.
-sub entry_id
-{
-	my ($uuid) = @_;
-	(my $hex = $uuid) =~ s/-//g;
-	my @b = map { hex(substr($hex, 2 * $_, 2)) } 0 .. 15;
-	my $ms = 0;
-	$ms = $ms * 256 + $b[$_] for 0 .. 5;
-	my $counter = (($b[6] & 0x0f) << 38) | ($b[7] << 30) | (($b[8] & 0x3f) << 24)
-	  | ($b[9] << 16) | ($b[10] << 8) | $b[11];
-	my $tail = ($b[12] << 12) | ($b[13] << 4) | ($b[14] >> 4);
-	return "$ms-" . (($counter << 20) | $tail);
-}
-
 # How many messages the publisher said were already in their stream, in
 # the log after $offset.
 sub duplicates_logged
@@ -130,7 +115,7 @@ for my $row (split /\n/, $rows)
 	{
 		my $f = $e->{fields};
 		push @problems, 'stream' unless $e->{stream} eq "app:$topic";
-		push @problems, 'entry id' unless $e->{id} eq entry_id($id);
+		push @problems, 'entry id' unless $e->{id} eq OutboxRedis::entry_id($id);
 		push @problems, 'topic' unless $f->{topic} eq $topic;
 		push @problems, 'key' unless $f->{key} eq $key;
 		push @problems, 'payload' unless $f->{payload} eq $payload;
@@ -192,7 +177,7 @@ ok(OutboxTest::wait_processed($node, $late_id), 'the earlier-saved message follo
 my @late_entries = $redis->xrange('app:late');
 is(scalar @late_entries, 6, 'six entries');
 is($late_entries[-1]{fields}{id}, $late_id, 'the late one is the last, above the top');
-isnt($late_entries[-1]{id}, entry_id($late_id), 'with an id of the stream\'s, not its own');
+isnt($late_entries[-1]{id}, OutboxRedis::entry_id($late_id), 'with an id of the stream\'s, not its own');
 ok(defined $redis->command('ZSCORE', 'app:late:outbox-late', $late_id), 'remembered as late');
 
 # The waves of a batch: several messages of one key, then another key.

@@ -305,7 +305,26 @@ for the certificate's name).
 
 The URL with the credentials, for amqp_tool.
 
+=item $mq->settings, $mq->options
+
+What points the amqp publisher at this node: postgresql.conf lines
+(outbox.amqp_url, outbox.amqp_username, outbox.amqp_password), or a
+destination's options as JSON members without braces.
+
 =cut
+
+sub settings
+{
+	my ($self) = @_;
+	return "outbox.amqp_url = '" . $self->url . "'\noutbox.amqp_username = '$self->{user}'\n"
+	  . "outbox.amqp_password = '$self->{password}'\n";
+}
+
+sub options
+{
+	my ($self) = @_;
+	return '"url": "' . $self->url . qq{", "username": "$self->{user}", "password": "$self->{password}"};
+}
 
 sub url { return "amqp://127.0.0.1:$_[0]{port}" }
 sub tls_url { return "amqps://localhost:$_[0]{tls_port}" }
@@ -358,6 +377,18 @@ sub count
 	return undef unless $ok;
 	chomp $out;
 	return $out;
+}
+
+# Wait until $queue holds $n messages or more; returns 1, or 0 (with a
+# diagnostic) after the usual timeout.
+sub wait_count
+{
+	my ($self, $queue, $n) = @_;
+	my $last;
+	my $ok = OutboxTest::wait_until($OutboxTest::TIMEOUT,
+		sub { $last = $self->count($queue); defined $last && $last >= $n });
+	diag("queue $queue: expected $n messages, last count " . ($last // '(error)')) unless $ok;
+	return $ok;
 }
 
 sub dump

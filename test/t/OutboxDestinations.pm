@@ -1,6 +1,21 @@
-# OutboxDestinations.pm -- helpers for the TAP tests of destinations
-# (090-097): their workers, webhook signatures, and an HTTP receiver as an
-# OutboxChecker source.
+# OutboxDestinations.pm -- helpers for the TAP tests of destinations.
+#
+# Checks that the broker publishers' tests share (110_kafka.pl, 120_nats.pl,
+# 133_amqp_destinations.pl, 143_redis_destinations.pl): CloudEvents in
+# both content modes, and a destination with a wrong password.
+#
+#   my %id = OutboxDestinations::cloudevents($node, 'amqp',
+#       binary => '"routing_key": "cebin.{topic}"', structured => '...',
+#       topic => 'ce', reserved => 'ce-type');
+#   # destinations ce_bin (cloudevents-binary) and ce_str
+#   # (cloudevents-structured, source urn:shop:amqp) subscribed to "ce.>";
+#   # $id{json} (JSON, key k1, header x-trace), $id{bytes} (no key),
+#   # $id{reserved} (a header binary mode sets itself) delivered or failed
+#   OutboxDestinations::is_attributes(\%headers, $node, $id{json}, 'ce-', 'ce.created', 'k1', $name);
+#   OutboxDestinations::is_event($json_text, $id{json}, 'amqp', 'ce.created', $name);
+#
+# And for 090-097: destination workers, webhook signatures, a destination's
+# state, and an HTTP receiver as an OutboxChecker source.
 #
 #   my %pid = OutboxDestinations::worker_pids($node);        # name => pid
 #   my $pid = OutboxDestinations::wait_worker($node, 'hooks');
@@ -15,10 +30,12 @@ use strict;
 use warnings;
 
 use Carp;
+use Digest::SHA qw(hmac_sha256);
 use File::Basename;
 use File::Spec;
-use Digest::SHA qw(hmac_sha256);
+use JSON::PP;
 use MIME::Base64;
+use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
@@ -29,6 +46,255 @@ use OutboxTest;
 =head1 FUNCTIONS
 
 =over
+
+=item node($name, $publisher, $settings, $conf)
+
+A node whose default destination is $publisher (the library
+outbox_$publisher preloaded) with the postgresql.conf lines $settings and
+$conf, and quick retries.
+
+=cut
+
+sub node
+{
+	my ($name, $publisher, $settings, $conf) = @_;
+	return OutboxTest::new_node($name, conf => qq{
+shared_preload_libraries = 'outbox, outbox_$publisher'
+outbox.publisher = '$publisher'
+$settings
+$conf
+outbox.poll_interval = '100ms'
+outbox.retry_backoff = '100ms'
+outbox.retry_backoff_max = '300ms'
+outbox.max_retries = 1000
+});
+}
+
+=item bad_options($node, $publisher, $unknown, @cases)
+
+ok() when create_destination of $publisher refuses each case, [JSON
+members without braces, the option at fault, a regexp of the detail], with
+22023 (and never quotes "hunter2", a password put in a URL), refuses the
+unknown option $unknown, and created nothing.
+
+=cut
+
+sub bad_options
+{
+	my ($node, $publisher, $unknown, @cases) = @_;
+	for my $case (@cases)
+	{
+		my ($members, $option, $detail) = @$case;
+		my $err = OutboxTest::error_of($node,
+			"SELECT outbox.create_destination('bad', '$publisher', '{$members}')");
+		like($err, qr/^22023: invalid value for option "$option" of publisher "$publisher"/,
+			"create_destination refuses $option in {" . substr($members, 0, 60) . '}');
+		like($err, qr/DETAIL:.*$detail/s, '... saying why');
+		unlike($err, qr/hunter2/, '... without quoting a password put in a URL') if $members =~ /hunter2/;
+	}
+	like(OutboxTest::error_of($node, qq{SELECT outbox.create_destination('bad', '$publisher', '{"$unknown": "x"}')}),
+		qr/^22023: unknown option "$unknown" for publisher "$publisher"/, 'an unknown option is refused');
+	is($node->safe_psql('postgres', "SELECT count(*) FROM outbox.destination WHERE name = 'bad'"),
+		'0', 'nothing was created');
+	return;
+}
+
+=item routed($node, $name, $publisher, $options)
+
+Create the destination $name of $publisher with $options (JSON members
+without braces), subscribed to "orders.>", save 20 messages of topic
+orders.created (keys customer-0 to -2, header x-n) and 5 of
+invoices.created (no subscription: the default destination), and wait
+until all are processed.  Returns the lists of their ids.
+
+=cut
+
+sub routed
+{
+	my ($node, $name, $publisher, $options) = @_;
+	$node->safe_psql('postgres', qq{
+SELECT outbox.create_destination('$name', '$publisher', '{$options}');
+SELECT outbox.subscribe('$name', 'orders.>');
+});
+	my @routed = split /\n/, $node->safe_psql('postgres', q{
+		SELECT outbox.save('orders.created', jsonb_build_object('n', i), 'customer-' || (i % 3),
+		                   jsonb_build_object('x-n', i::text))
+		FROM generate_series(1, 20) i});
+	my @unrouted = split /\n/, $node->safe_psql('postgres', q{
+		SELECT outbox.save('invoices.created', jsonb_build_object('inv', i)) FROM generate_series(1, 5) i});
+	ok(OutboxTest::wait_all_processed($node, 'postgres'), '25 messages processed');
+	return (\@routed, \@unrouted);
+}
+
+=item not_logged($node, %secrets)
+
+ok() for each secret (description => text) that the server log lacks.
+
+=cut
+
+sub not_logged
+{
+	my ($node, %secrets) = @_;
+	my $log = slurp_file($node->logfile);
+	is(index($log, $secrets{$_}), -1, "$_ never reaches the server log") for sort keys %secrets;
+	return;
+}
+
+=item cloudevents($node, $publisher, %options)
+
+Create the destinations ce_bin and ce_str of $publisher (their options:
+binary => and structured => JSON members, without braces), subscribe both
+to "$topic.>", save the messages below and wait until each destination is
+done with them: ok() when the binary destination failed the one with the
+header reserved => (a name binary mode sets; none when undef), and
+delivered the rest.  Returns their ids: json ($topic.created, '{"n": 1}',
+key k1, header x-trace: ce-1), bytes ($topic.bytes, '\x00ff41', no key)
+and reserved.
+
+=cut
+
+sub cloudevents
+{
+	my ($node, $publisher, %opt) = @_;
+	my $topic = $opt{topic};
+	$node->safe_psql('postgres', qq{
+SELECT outbox.create_destination('ce_bin', '$publisher', '{$opt{binary}, "format": "cloudevents-binary"}');
+SELECT outbox.create_destination('ce_str', '$publisher',
+  '{$opt{structured}, "format": "cloudevents-structured", "cloudevents_source": "urn:shop:$publisher"}');
+SELECT outbox.subscribe('ce_bin', '$topic.>');
+SELECT outbox.subscribe('ce_str', '$topic.>');
+});
+	my %id;
+	$id{json} = $node->safe_psql('postgres',
+		qq{SELECT outbox.save('$topic.created', '{"n": 1}'::jsonb, 'k1', '{"x-trace": "ce-1"}')});
+	$id{bytes} = $node->safe_psql('postgres', qq{SELECT outbox.save('$topic.bytes', '\\x00ff41'::bytea)});
+	my $done = 'ce_bin:processed ce_str:processed ce_bin:processed ce_str:processed';
+	my $deliveries = q{SELECT string_agg(destination || ':' || status, ' ' ORDER BY message_id, destination)
+		FROM outbox.deliveries WHERE destination LIKE 'ce\_%'};
+	if (!defined $opt{reserved})
+	{
+		ok(OutboxTest::poll_until($node, 'postgres', $deliveries, $done), 'CloudEvents delivered');
+		return %id;
+	}
+	$id{reserved} = $node->safe_psql('postgres',
+		qq{SELECT outbox.save('$topic.created', '{"n": 2}'::jsonb, NULL, '{"$opt{reserved}": "mine"}')});
+	ok(OutboxTest::poll_until($node, 'postgres', $deliveries, "$done ce_bin:failed ce_str:processed"),
+		"CloudEvents delivered; a $opt{reserved} message header fails in binary mode only");
+	like(
+		$node->safe_psql('postgres',
+			"SELECT last_error FROM outbox.deliveries WHERE message_id = '$id{reserved}' AND destination = 'ce_bin'"),
+		qr/message header "\Q$opt{reserved}\E" cannot be sent: with format cloudevents-binary the $publisher publisher sets it itself/,
+		'with the reason');
+	return %id;
+}
+
+=pod
+
+=item is_attributes(\%headers, $node, $id, $prefix, $type, $subject, $name)
+
+Check the binary mode attributes among %headers (name => value): prefix +
+specversion, id, source (the default, "/outbox/postgres"), type, time (RFC
+3339 in UTC, created_at to the microsecond) and subject (absent when
+$subject is undef).
+
+=cut
+
+sub is_attributes
+{
+	my ($headers, $node, $id, $prefix, $type, $subject, $name) = @_;
+	my %want = (
+		specversion => '1.0',
+		id => $id,
+		source => '/outbox/postgres',
+		type => $type,
+		subject => $subject);
+	my %got = map { $_ => $headers->{"$prefix$_"} } keys %want;
+	is_deeply(\%got, \%want, "$name: the attributes ${prefix}specversion, ${prefix}id, ...");
+	my $seconds = $node->safe_psql('postgres',
+		qq{SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS') FROM outbox.messages WHERE id = '$id'});
+	like($headers->{"${prefix}time"} // '', qr/^\Q$seconds\E(\.\d{1,6})?Z$/,
+		"$name: ${prefix}time is created_at, RFC 3339 in UTC");
+	return;
+}
+
+=pod
+
+=item is_event($json, $id, $publisher, $type, $name)
+
+Check a structured mode event (JSON text) of the message cloudevents() saved
+as json: its attributes (source urn:shop:$publisher, subject k1) and data.
+
+=cut
+
+sub is_event
+{
+	my ($json, $id, $publisher, $type, $name) = @_;
+	my $event = eval { JSON::PP->new->decode($json // '') } // {};
+	is_deeply(
+		[ @$event{qw(specversion id source type subject datacontenttype)}, $event->{data} ],
+		[ '1.0', $id, "urn:shop:$publisher", $type, 'k1', 'application/json', { n => 1 } ],
+		"$name: the JSON event");
+	return;
+}
+
+=pod
+
+=item wrong_password($node, $publisher, %options)
+
+Create the destination name => of $publisher with the options options =>
+(JSON members, without braces) and the password wrong =>, subscribed to
+"wrong.>", and save a message for it: ok() when the broker's refusal
+(refusal => a regexp) is logged with the hint hint => (a regexp), a
+message of topic other => is delivered meanwhile, the waiting one stays
+pending and untouched, outbox.destinations leaves the password out, and
+alter_destination with the password right => delivers it.  Returns the
+waiting message's id.
+
+=cut
+
+sub wrong_password
+{
+	my ($node, $publisher, %opt) = @_;
+	my $offset = OutboxTest::log_position($node);
+	$node->safe_psql('postgres', qq{
+SELECT outbox.create_destination('$opt{name}', '$publisher', '{$opt{options}, "password": "$opt{wrong}"}');
+SELECT outbox.subscribe('$opt{name}', 'wrong.>');
+});
+	my $waiting = $node->safe_psql('postgres', q{SELECT outbox.save('wrong.created', '{"w": 1}'::jsonb)});
+	ok(OutboxTest::wait_for_log_line($node, $opt{refusal}, $offset), 'a wrong password: the refusal is logged');
+	ok(OutboxTest::wait_for_log_line($node, $opt{hint}, $offset), 'with a hint naming the destination\'s options');
+	my $other = $node->safe_psql('postgres', qq{SELECT outbox.save('$opt{other}', '{}'::jsonb)});
+	ok(OutboxTest::wait_processed($node, $other), 'another destination goes on meanwhile');
+	is( $node->safe_psql('postgres',
+			"SELECT status || '/' || retries FROM outbox.deliveries WHERE message_id = '$waiting'"),
+		'pending/0', 'the message waits, untouched');
+	is( $node->safe_psql('postgres',
+			"SELECT options ? 'password' FROM outbox.destinations WHERE name = '$opt{name}'"),
+		'f', 'outbox.destinations leaves the password out');
+	$node->safe_psql('postgres',
+		qq{SELECT outbox.alter_destination('$opt{name}', '{"password": "$opt{right}"}')});
+	ok( OutboxTest::poll_until($node, 'postgres',
+			"SELECT status FROM outbox.deliveries WHERE message_id = '$waiting'", 'processed'),
+		'the right password (alter_destination) delivers it');
+	return $waiting;
+}
+
+=pod
+
+=item data_base64($json)
+
+The data_base64 member of an event (JSON text).
+
+=cut
+
+sub data_base64
+{
+	my ($json) = @_;
+	my $event = eval { JSON::PP->new->decode($json // '') } // {};
+	return $event->{data_base64};
+}
+
+=pod
 
 =item worker_pids($node, $dbname)
 

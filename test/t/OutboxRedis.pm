@@ -164,6 +164,22 @@ sub stop
 	return;
 }
 
+# What points the redis publisher at this server: postgresql.conf lines
+# (outbox.redis_url, outbox.redis_username, outbox.redis_password), or a
+# destination's options as JSON members without braces.
+sub settings
+{
+	my ($self) = @_;
+	return "outbox.redis_url = '" . $self->url . "'\noutbox.redis_username = '$self->{user}'\n"
+	  . "outbox.redis_password = '$self->{password}'\n";
+}
+
+sub options
+{
+	my ($self) = @_;
+	return '"url": "' . $self->url . qq{", "username": "$self->{user}", "password": "$self->{password}"};
+}
+
 sub port { return $_[0]{port} }
 sub url { return "redis://127.0.0.1:$_[0]{port}" }
 sub user { return $_[0]{user} }
@@ -260,6 +276,28 @@ sub xlen
 	my ($self, $stream) = @_;
 	my $n = eval { $self->command('XLEN', $stream) };
 	return (defined $n && !ref $n) ? $n : undef;
+}
+
+=pod
+
+=item OutboxRedis::entry_id($uuid)
+
+The stream entry id a message id names: its milliseconds, then its 42-bit
+counter and the next 20 bits.
+
+=cut
+
+sub entry_id
+{
+	my ($uuid) = @_;
+	(my $hex = $uuid) =~ s/-//g;
+	my @b = map { hex(substr($hex, 2 * $_, 2)) } 0 .. 15;
+	my $ms = 0;
+	$ms = $ms * 256 + $b[$_] for 0 .. 5;
+	my $counter = (($b[6] & 0x0f) << 38) | ($b[7] << 30) | (($b[8] & 0x3f) << 24)
+	  | ($b[9] << 16) | ($b[10] << 8) | $b[11];
+	my $tail = ($b[12] << 12) | ($b[13] << 4) | ($b[14] >> 4);
+	return "$ms-" . (($counter << 20) | $tail);
 }
 
 =pod

@@ -429,6 +429,45 @@ sub wait_for_log_line
 
 =pod
 
+=item missing($why)
+
+Skip the whole test (plan skip_all) because something it needs is missing;
+with OUTBOX_REQUIRE_BROKERS set, fail instead.
+
+=cut
+
+sub missing
+{
+	my ($why) = @_;
+	if ($ENV{OUTBOX_REQUIRE_BROKERS})
+	{
+		fail("$why (OUTBOX_REQUIRE_BROKERS is set)");
+		done_testing();
+		exit 0;
+	}
+	plan skip_all => $why;
+}
+
+=pod
+
+=item error_of($node, $sql)
+
+Run $sql in database postgres, expecting an error: returns "SQLSTATE:
+message" of the ERROR (as in "22023: invalid value ..."), followed by its
+DETAIL and other lines, or 'no error'.
+
+=cut
+
+sub error_of
+{
+	my ($node, $sql) = @_;
+	my ($rc, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\n$sql");
+	return 'no error' if $rc == 0;
+	return $err =~ /ERROR:\s+(\w{5}): (.*)/s ? "$1: $2" : $err;
+}
+
+=pod
+
 =back
 
 =cut
