@@ -1140,7 +1140,7 @@ finalize_ids(const pg_uuid_t *ids, int nids)
 }
 
 /*
- * outbox.mark_processed(ids, destination): the external relay delivered
+ * outbox.mark_processed_for(ids, destination): the external relay delivered
  * these; returns how many deliveries changed.
  */
 int
