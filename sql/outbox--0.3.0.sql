@@ -205,10 +205,10 @@ CREATE FUNCTION outbox.drop_destination(name text, force boolean DEFAULT false) 
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION outbox.pause_destination(name text) RETURNS void
 	AS 'MODULE_PATHNAME', 'outbox_pause_destination'
-	LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION outbox.resume_destination(name text) RETURNS void
 	AS 'MODULE_PATHNAME', 'outbox_resume_destination'
-	LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION outbox.subscribe(destination text, topic_pattern text) RETURNS void
 	AS 'MODULE_PATHNAME', 'outbox_subscribe'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
@@ -242,7 +242,9 @@ CREATE FUNCTION outbox.fetch_pending(max_messages int, destination text)
 	RETURNS SETOF outbox.messages
 	AS 'MODULE_PATHNAME', 'outbox_fetch_pending'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-CREATE FUNCTION outbox.mark_processed(ids uuid[], destination text) RETURNS int
+-- (mark_processed_for, not a second mark_processed: two untyped literals,
+-- mark_processed('<id>', '<id>'), would match both forms and be ambiguous.)
+CREATE FUNCTION outbox.mark_processed_for(ids uuid[], destination text) RETURNS int
 	AS 'MODULE_PATHNAME', 'outbox_mark_processed_for'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION outbox.mark_failed(id uuid, error text, destination text)
@@ -273,7 +275,9 @@ CREATE VIEW outbox.destinations AS
 	FROM outbox.destination d;
 
 -- One row per (message, destination) the message is routed to; messages of
--- the default destination show it as "default".
+-- the default destination show it as "default".  (It reads the positions
+-- itself, not through destination_position(), so that a role granted SELECT
+-- on the view needs no privilege on the tables.)
 CREATE VIEW outbox.deliveries AS
 	SELECT m.id AS message_id, 'default'::text AS destination, m.status, m.retries,
 		   m.last_error, m.next_attempt_at, m.processed_at
@@ -282,7 +286,9 @@ CREATE VIEW outbox.deliveries AS
 	UNION ALL
 	SELECT m.id, d.name,
 		   coalesce(x.status,
-					CASE WHEN m.id <= outbox.destination_position(d.id)
+					CASE WHEN m.id <= (SELECT p.upto FROM outbox.destination_progress p
+									   WHERE p.destination_id = d.id
+									   ORDER BY p.upto DESC LIMIT 1)
 						 THEN 'processed'::outbox.message_status
 						 ELSE 'pending'::outbox.message_status END),
 		   coalesce(x.retries, 0), x.last_error,
@@ -305,7 +311,7 @@ REVOKE ALL ON FUNCTION outbox.route(), outbox.create_destination(text, text, jso
 	outbox.subscribe(text, text), outbox.unsubscribe(text, text),
 	outbox.topic_matches(text, text), outbox.public_options(text, jsonb),
 	outbox.destination_position(int), outbox.fetch_pending(int, text),
-	outbox.mark_processed(uuid[], text), outbox.mark_failed(uuid, text, text),
+	outbox.mark_processed_for(uuid[], text), outbox.mark_failed(uuid, text, text),
 	outbox.retry_failed(uuid[], text) FROM PUBLIC;
 
 -- Operations (0.3.0): live status without table scans, replay, dead letters.

@@ -70,10 +70,15 @@
 	"SELECT DISTINCT x.key FROM outbox.delivery x WHERE x.destination_id = $1 " \
 	"AND x.status IN ('pending', 'processing') AND x.key <> ''"
 
-/* $1 = destination, $2 = now, $3 = most rows. */
+/*
+ * The unfinished deliveries in id order, and whether each may be attempted
+ * now: pending and due.  One that is not (in backoff, or claimed by an
+ * external relay: processing) holds back the later ones of its key.  $1 =
+ * destination, $2 = now, $3 = most rows.
+ */
 #define RETRIES_SQL \
-	"SELECT x.message_id, x.key, x.next_attempt_at <= $2, x.retries " \
-	"FROM outbox.delivery x WHERE x.destination_id = $1 AND x.status = 'pending' " \
+	"SELECT x.message_id, x.key, x.status = 'pending' AND x.next_attempt_at <= $2, x.retries " \
+	"FROM outbox.delivery x WHERE x.destination_id = $1 AND x.status IN ('pending', 'processing') " \
 	"ORDER BY x.message_id LIMIT $3"
 
 /* $1 = destination, $2 = after, $3 = up to, $4 = most rows. */
@@ -144,10 +149,14 @@
 	"AND NOT EXISTS (SELECT 1 FROM outbox.delivery x JOIN pos ON pos.id = x.destination_id " \
 	"    WHERE x.message_id = m.id AND x.status IN ('pending', 'processing'))"
 
-/* The oldest routed messages not finalized yet; $1 = most. */
+/*
+ * Routed messages not finished yet, in id order after $2; $1 = most.  The
+ * main worker pages through them (a backlog of one slow destination must
+ * not hide the stragglers after it).
+ */
 #define STRAGGLERS_SQL \
 	"SELECT m.id FROM outbox.messages m WHERE m.status = 'pending' " \
-	"AND m.destinations IS NOT NULL ORDER BY m.id LIMIT $1"
+	"AND m.destinations IS NOT NULL AND m.id > $2 ORDER BY m.id LIMIT $1"
 
 #define FAILING_SQL \
 	"UPDATE outbox.destination SET failing_since = coalesce(failing_since, $2), " \
@@ -218,7 +227,7 @@ static OutboxStatement finalize_stmt = {
 	.read_only = false, .expected = SPI_OK_UPDATE, .action = "finish outbox messages"
 };
 static OutboxStatement stragglers_stmt = {
-	.sql = STRAGGLERS_SQL, .nargs = 1, .argtypes = {INT4OID},
+	.sql = STRAGGLERS_SQL, .nargs = 2, .argtypes = {INT4OID, UUIDOID},
 	.read_only = false, .expected = SPI_OK_SELECT, .action = "read outbox messages"
 };
 static OutboxStatement failing_stmt = {
@@ -418,9 +427,6 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 	Datum		args[4];
 	OutboxStoreCall call;
 	int64		bytes = 0;
-	int			nretry = 0;
-	pg_uuid_t  *retry_ids = palloc(sizeof(pg_uuid_t) * max_messages);
-	int		   *retry_counts = palloc(sizeof(int) * max_messages);
 	uint64		i;
 	bool		isnull;
 
@@ -428,6 +434,14 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 	batch->messages = palloc0(sizeof(OutboxMessage) * batch->capacity);
 	batch->tuples = palloc0(sizeof(HeapTuple) * batch->capacity);
 	prepare_destination_batch(batch, max_messages * 2);
+
+	/*
+	 * A destination this worker disabled (an HTTP 410, failing too long)
+	 * gets no more attempts: the worker exits once the main worker has
+	 * taken its slot back.
+	 */
+	if (destination->disabled)
+		return batch;
 
 	outbox_store_connect_as_owner(&call);
 	args[0] = Int32GetDatum(destination->id);
@@ -452,6 +466,9 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 	{
 		HTAB	   *stopped = new_key_set();
 		uint64		nrows;
+		int			nretry = 0;
+		pg_uuid_t  *retry_ids = palloc(sizeof(pg_uuid_t) * max_messages);
+		int		   *retry_counts = palloc(sizeof(int) * max_messages);
 
 		if (ordered_by_key)
 		{
@@ -504,6 +521,7 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 		int			nchosen = 0;
 		bool		cut = false;
 
+		memset(&horizon, 0, sizeof(horizon));
 		outbox_shmem_id_horizon(&horizon);
 		snapshot = RegisterSnapshot(GetLatestSnapshot());
 		args[1] = UUIDPGetDatum(&position);
@@ -787,6 +805,8 @@ outbox_delivery_record(OutboxDestination *destination, OutboxBatch *batch,
 		args[2] = CStringGetTextDatum(disable_reason);
 		outbox_store_execute(&disable_stmt, args, NULL, InvalidSnapshot, 0);
 		destination->disabled = true;
+		/* the main worker takes the slot back at once after the commit */
+		outbox_destinations_changed_at_commit(false);
 		ereport(WARNING,
 				(errmsg("outbox destination \"%s\" is disabled", destination->name),
 				 errdetail("%s", disable_reason),
@@ -824,10 +844,15 @@ outbox_delivery_finalize(OutboxBatch *batch)
 	return finished;
 }
 
+/* Where the main worker's next pass over the unfinished routed messages starts. */
+static pg_uuid_t stragglers_after;
+
 /*
- * Finish the oldest routed messages that are done but not finished (a
- * worker that died between its position and the finishing, a destination
- * dropped).  Returns how many were finished.  In the main worker.
+ * Finish routed messages that are done but not finished (a worker that
+ * died between its position and the finishing, a destination dropped):
+ * the next max_messages unfinished ones after the last pass, from the
+ * oldest again once the end is reached.  Returns how many were finished.
+ * In the main worker.
  */
 int
 outbox_delivery_finalize_stragglers(int max_messages)
@@ -836,11 +861,19 @@ outbox_delivery_finalize_stragglers(int max_messages)
 	OutboxStoreCall call;
 	uint64		n;
 	int			finished = 0;
+	bool		last_isnull;
 
 	outbox_store_connect_as_owner(&call);
 
 	args[0] = Int32GetDatum(max_messages);
+	args[1] = UUIDPGetDatum(&stragglers_after);
 	n = outbox_store_execute(&stragglers_stmt, args, NULL, InvalidSnapshot, 0);
+	if (n < (uint64) max_messages)
+		memset(stragglers_after.data, 0, UUID_LEN);	/* from the oldest next time */
+	else
+		memcpy(stragglers_after.data,
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[n - 1], SPI_tuptable->tupdesc, 1,
+										   &last_isnull))->data, UUID_LEN);
 	if (n > 0)
 	{
 		pg_uuid_t  *ids = palloc(sizeof(pg_uuid_t) * n);
@@ -1113,7 +1146,7 @@ finalize_ids(const pg_uuid_t *ids, int nids)
 }
 
 /*
- * outbox.mark_processed(ids, destination): the external relay delivered
+ * outbox.mark_processed_for(ids, destination): the external relay delivered
  * these; returns how many deliveries changed.
  */
 int
@@ -1194,6 +1227,54 @@ outbox_delivery_retry_failed(const char *name, ArrayType *ids)
 	if (count > 0)
 		outbox_destinations_changed_at_commit(false);
 	return count;
+}
+
+#define REQUEUE_FAILED_SQL \
+	"UPDATE outbox.delivery x SET status = 'pending', retries = 0, next_attempt_at = $2, " \
+	"claimed_at = NULL, claimed_by = NULL " \
+	"WHERE x.status = 'failed' AND ($1 IS NULL OR x.message_id = ANY ($1)) " \
+	"RETURNING x.message_id"
+
+static OutboxStatement requeue_failed_stmt = {
+	.sql = REQUEUE_FAILED_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID},
+	.read_only = false, .expected = SPI_OK_UPDATE_RETURNING, .action = "requeue outbox deliveries"
+};
+
+/*
+ * outbox.retry_failed(ids) without a destination: requeue the failed
+ * deliveries of the messages ids (all when NULL), to every destination, as
+ * the outbox's owner (the caller, an external relay of the default
+ * destination, has no privilege on them).  Returns how many, with the
+ * messages' ids (palloc'd, repeated for each of their destinations) in
+ * *message_ids, for the caller to set those messages pending again.
+ */
+int
+outbox_delivery_requeue_failed(ArrayType *ids, pg_uuid_t **message_ids)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Datum		args[2];
+	char		nulls[2] = {' ', ' '};
+	OutboxStoreCall call;
+	uint64		n;
+	uint64		i;
+
+	args[0] = PointerGetDatum(ids);
+	if (ids == NULL)
+		nulls[0] = 'n';
+	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	outbox_store_connect_as_owner(&call);
+	n = outbox_store_execute(&requeue_failed_stmt, args, nulls, InvalidSnapshot, 0);
+	*message_ids = MemoryContextAlloc(caller, sizeof(pg_uuid_t) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		memcpy((*message_ids)[i].data,
+			   DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+										   &isnull))->data, UUID_LEN);
+	}
+	outbox_store_finish_as_owner(&call);
+	return (int) n;
 }
 
 /*

@@ -214,8 +214,6 @@ outbox_create_destination(PG_FUNCTION_ARGS)
 	Oid			types[3] = {TEXTOID, TEXTOID, JSONBOID};
 	Datum		values[3];
 	pg_uuid_t	start;
-	uint64		clock_ms;
-	int			i;
 
 	hide_statement_arguments("create_destination");
 	require_superuser("create an outbox destination");
@@ -241,14 +239,14 @@ outbox_create_destination(PG_FUNCTION_ARGS)
 				 errmsg("outbox destination \"%s\" already exists", name)));
 
 	/*
-	 * Its position starts before the newest id: no message saved before it
-	 * existed can be routed to it, so its first read starts here, not at
-	 * the oldest message kept.
+	 * Its position starts at the id horizon: every id up to it belongs to a
+	 * transaction that has ended, so no message there can be routed to it
+	 * any more, while one of an open transaction (whose id may have been
+	 * taken before this destination existed) is above it.  Its first read
+	 * starts here, not at the oldest message kept.
 	 */
-	clock_ms = outbox_shmem_id_clock_ms() - 1;
-	memset(start.data, 0xFF, UUID_LEN);
-	for (i = 0; i < 6; i++)
-		start.data[i] = (unsigned char) (clock_ms >> (40 - 8 * i));
+	memset(&start, 0, sizeof(start));
+	outbox_shmem_id_horizon(&start);
 	types[1] = UUIDOID;
 	values[1] = UUIDPGetDatum(&start);
 	run("INSERT INTO outbox.destination_progress (destination_id, upto) "
@@ -323,8 +321,6 @@ outbox_drop_destination(PG_FUNCTION_ARGS)
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
 	int32		id;
-	bool		isnull;
-	int64		unfinished;
 
 	require_superuser("drop an outbox destination");
 	management_connect();
@@ -332,6 +328,9 @@ outbox_drop_destination(PG_FUNCTION_ARGS)
 	values[0] = Int32GetDatum(id);
 	if (!force)
 	{
+		bool		isnull;
+		int64		unfinished;
+
 		run("SELECT (SELECT count(*) FROM outbox.delivery x WHERE x.destination_id = $1 "
 			"          AND x.status IN ('pending', 'processing')) + "
 			"       (SELECT count(*) FROM outbox.messages m WHERE m.status = 'pending' "
@@ -356,6 +355,7 @@ outbox_drop_destination(PG_FUNCTION_ARGS)
 		NULL, SPI_OK_DELETE);
 	run("DELETE FROM outbox.destination WHERE id = $1", 1, types, values, NULL, SPI_OK_DELETE);
 	SPI_finish();
+	outbox_route_subscriptions_changed();
 	outbox_destinations_changed_at_commit(true);
 	PG_RETURN_VOID();
 }
@@ -389,7 +389,7 @@ set_paused(const char *name, bool paused)
 Datum
 outbox_pause_destination(PG_FUNCTION_ARGS)
 {
-	set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), true);
+	set_paused(text_argument(fcinfo, 0, "destination name"), true);
 	PG_RETURN_VOID();
 }
 
@@ -400,7 +400,7 @@ outbox_pause_destination(PG_FUNCTION_ARGS)
 Datum
 outbox_resume_destination(PG_FUNCTION_ARGS)
 {
-	set_paused(text_to_cstring(PG_GETARG_TEXT_PP(0)), false);
+	set_paused(text_argument(fcinfo, 0, "destination name"), false);
 	PG_RETURN_VOID();
 }
 
@@ -439,6 +439,7 @@ outbox_subscribe(PG_FUNCTION_ARGS)
 	run("INSERT INTO outbox.subscription (destination_id, pattern) VALUES ($1, $2) "
 		"ON CONFLICT DO NOTHING", 2, types, values, NULL, SPI_OK_INSERT);
 	outbox_store_finish_as_owner(&call);
+	outbox_route_subscriptions_changed();
 	outbox_destinations_changed_at_commit(true);
 	PG_RETURN_VOID();
 }
@@ -465,6 +466,7 @@ outbox_unsubscribe(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("outbox destination \"%s\" has no subscription \"%s\"", name, pattern)));
 	outbox_store_finish_as_owner(&call);
+	outbox_route_subscriptions_changed();
 	outbox_destinations_changed_at_commit(true);
 	PG_RETURN_VOID();
 }

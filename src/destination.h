@@ -57,5 +57,6 @@ extern int	outbox_delivery_mark_processed(const char *destination, const pg_uuid
 extern const char *outbox_delivery_mark_failed(const char *destination, const pg_uuid_t *id,
 											   const char *error);
 extern int	outbox_delivery_retry_failed(const char *destination, ArrayType *ids);
+extern int	outbox_delivery_requeue_failed(ArrayType *ids, pg_uuid_t **message_ids);
 
 #endif							/* OUTBOX_DESTINATION_H */

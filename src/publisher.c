@@ -259,35 +259,48 @@ contains_ignoring_case(const char *haystack, const char *needle)
 /*
  * Keep statements that mention a word out of one log message: the logged
  * statement itself (log_statement, log_min_duration_statement, and the
- * extended protocol's execute lines, whose detail holds the parameters)
- * and the STATEMENT line of an error.  what names it in the replacement.
+ * extended protocol's parse, bind and execute lines, whose detail holds
+ * the parameters), the STATEMENT line of an error, and the parameters an
+ * error's context shows (log_parameter_max_length_on_error).  what names
+ * it in the replacement.
  */
 static void
 redact_statement(ErrorData *edata, const char *word, const char *what)
 {
+	/* The untranslated formats of statement logs (tcop/postgres.c). */
 	static const char *const statement_logs[] = {
 		"statement: ", "duration: ", "execute ", "parse ", "bind ", NULL
+	};
+	static const char *const statement_formats[] = {
+		"%s %s%s%s: %s",		/* execute <portal>: <statement> */
+		NULL
 	};
 
 	if (edata->message_id != NULL && edata->message != NULL &&
 		contains_ignoring_case(edata->message, word))
 	{
 		const char *const *prefix;
+		bool		statement = false;
 
-		for (prefix = statement_logs; *prefix; prefix++)
+		for (prefix = statement_logs; *prefix && !statement; prefix++)
+			statement = strncmp(edata->message_id, *prefix, strlen(*prefix)) == 0;
+		for (prefix = statement_formats; *prefix && !statement; prefix++)
+			statement = strcmp(edata->message_id, *prefix) == 0;
+		if (statement)
 		{
-			if (strncmp(edata->message_id, *prefix, strlen(*prefix)) == 0)
-			{
-				edata->message = psprintf("statement: (a statement mentioning %s, not shown)",
-										  what);
-				edata->detail = NULL;
-				edata->detail_log = NULL;
-				break;
-			}
+			edata->message = psprintf("statement: (a statement mentioning %s, not shown)",
+									  what);
+			edata->detail = NULL;
+			edata->detail_log = NULL;
 		}
 	}
 	if (debug_query_string != NULL && contains_ignoring_case(debug_query_string, word))
+	{
 		edata->hide_stmt = true;
+		/* "unnamed portal with parameters: $1 = ..." */
+		if (edata->context != NULL && strstr(edata->context, " with parameters: ") != NULL)
+			edata->context = NULL;
+	}
 }
 
 /*

@@ -16,7 +16,19 @@
  * it saw, in memory.  A commit that changes subscriptions bumps a shared
  * routing version (shmem.c); a backend that sees another version reloads
  * before it routes the next message, so a subscription applies to the
- * messages saved after it commits.
+ * messages saved after it commits.  The subscriptions are read on a
+ * snapshot taken after the version (not the saving transaction's, which
+ * may be older under REPEATABLE READ and would cache the old set under the
+ * new version).  A transaction that changes subscriptions itself routes its
+ * own later messages by what it sees, and its end forgets that view, which
+ * a rollback undoes.
+ *
+ * A routed message's id must come from outbox.next_id() in the saving
+ * transaction (the column's default; save() takes one too): destinations
+ * read the messages in id order up to the id horizon (shmem.c), which only
+ * ids taken by open transactions hold back.  An explicit id older than
+ * that, or newer than any id handed out, is refused rather than silently
+ * passed by a destination's position.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -38,8 +50,11 @@
 #include "utils/syscache.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/uuid.h"
 
 #include "outbox.h"
 #include "route.h"
@@ -81,6 +96,22 @@ static HTAB *topic_routes = NULL;
 /* Whether the current transaction saved a routed message. */
 static bool saved_routed = false;
 static bool xact_callback_registered = false;
+
+/*
+ * Whether the current transaction changed subscriptions: it routes by what
+ * it sees (reloading before each message), and its end drops that view.
+ */
+static bool changed_in_transaction = false;
+static CommandId loaded_command = InvalidCommandId;
+
+/*
+ * The table the subscriptions were read from: its invalidation (DROP
+ * EXTENSION, which takes routing version and ids along) drops the cache.
+ */
+static Oid	subscription_relid = InvalidOid;
+static bool relcache_callback_registered = false;
+
+static void register_route_xact_callback(void);
 
 /*
  * Why a pattern is not valid, or NULL: tokens separated by dots, none
@@ -177,8 +208,28 @@ outbox_topic_matches(PG_FUNCTION_ARGS)
 }
 
 /*
+ * A relation's cache entry was invalidated: forget the subscriptions when
+ * it is their table's (or every relation's).
+ */
+static void
+routing_relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == subscription_relid)
+		loaded = false;
+}
+
+/* The subscriptions, in destination order. */
+static OutboxStatement subscriptions_stmt = {
+	.sql = "SELECT s.destination_id, s.pattern FROM outbox.subscription s "
+	"ORDER BY s.destination_id, s.pattern",
+	.nargs = 0, .argtypes = {InvalidOid},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "read outbox subscriptions"
+};
+
+/*
  * Read the subscriptions, when the routing version changed since they were
- * read (or never were).  Runs in the saving transaction.
+ * read (or never were), or the current transaction changed them.  Runs in
+ * the saving transaction.
  */
 static void
 load_subscriptions(void)
@@ -186,10 +237,12 @@ load_subscriptions(void)
 	uint64		version = outbox_shmem_routing_version();
 	HASHCTL		ctl;
 	uint64		i;
-	int			ret;
+	uint64		nrows;
 	OutboxStoreCall call;
+	Snapshot	snapshot;
 
-	if (loaded && version == loaded_version)
+	if (loaded && version == loaded_version &&
+		(!changed_in_transaction || loaded_command == GetCurrentCommandId(false)))
 		return;
 
 	if (routing_context == NULL)
@@ -204,16 +257,22 @@ load_subscriptions(void)
 	/*
 	 * Read them as the table's owner (saving roles have no privilege on
 	 * it), in a restricted operation, with search_path pinned by the store
-	 * call.
+	 * call, on a snapshot taken now: after the version was read, so it sees
+	 * every commit that bumped it.
 	 */
+	if (!relcache_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(routing_relcache_callback, (Datum) 0);
+		relcache_callback_registered = true;
+	}
+	subscription_relid = get_relname_relid("subscription", get_namespace_oid("outbox", false));
 	outbox_store_connect_as_owner(&call);
-	ret = SPI_execute("SELECT s.destination_id, s.pattern FROM outbox.subscription s "
-					  "ORDER BY s.destination_id, s.pattern", true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read outbox subscriptions: %s", SPI_result_code_string(ret));
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	nrows = outbox_store_execute(&subscriptions_stmt, NULL, NULL, snapshot, 0);
+	UnregisterSnapshot(snapshot);
 	subscriptions = MemoryContextAlloc(routing_context,
-									   sizeof(Subscription) * Max(SPI_processed, 1));
-	for (i = 0; i < SPI_processed; i++)
+									   sizeof(Subscription) * Max(nrows, 1));
+	for (i = 0; i < nrows; i++)
 	{
 		bool		isnull;
 		HeapTuple	tuple = SPI_tuptable->vals[i];
@@ -232,6 +291,7 @@ load_subscriptions(void)
 	topic_routes = hash_create("outbox topic routes", 64, &ctl,
 							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	loaded_version = version;
+	loaded_command = GetCurrentCommandId(false);
 	loaded = true;
 }
 
@@ -245,7 +305,6 @@ outbox_route_topic(const char *topic, const int32 **destinations)
 {
 	TopicRoute *route;
 	bool		found;
-	int			i;
 
 	*destinations = NULL;
 	if (strlen(topic) > OUTBOX_MAX_TOPIC_LEN)
@@ -262,6 +321,8 @@ outbox_route_topic(const char *topic, const int32 **destinations)
 	route = hash_search(topic_routes, topic, HASH_ENTER, &found);
 	if (!found)
 	{
+		int			i;
+
 		route->ndestinations = 0;
 		route->destinations = MemoryContextAlloc(routing_context,
 												 sizeof(int32) * nsubscriptions);
@@ -297,7 +358,39 @@ route_xact_callback(XactEvent event, void *arg)
 				 errhint("Commit it instead: the outbox itself is what replaces two-phase commit between the database and a broker.")));
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PREPARE)
+	{
 		saved_routed = false;
+		if (changed_in_transaction)
+		{
+			/* what it saw of its own changes is gone, or the version moves */
+			changed_in_transaction = false;
+			loaded = false;
+		}
+	}
+}
+
+/* Register route_xact_callback, once per backend. */
+static void
+register_route_xact_callback(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(route_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+}
+
+/*
+ * Note that the current transaction changes subscriptions (destination.c):
+ * its later messages are routed by what it sees, and its end drops that
+ * view.
+ */
+void
+outbox_route_subscriptions_changed(void)
+{
+	register_route_xact_callback();
+	changed_in_transaction = true;
+	loaded = false;
 }
 
 /*
@@ -307,13 +400,44 @@ route_xact_callback(XactEvent event, void *arg)
 static void
 note_routed_message(const int32 *ids, int n)
 {
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(route_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
+	register_route_xact_callback();
 	saved_routed = true;
 	outbox_wake_destinations_at_commit(ids, n);
+}
+
+/*
+ * Raise an error unless a routed message's id is one the current
+ * transaction may route: not older than the first id it took from the
+ * clock (which holds back the id horizon), and not newer than the newest
+ * id handed out.  Ids from outbox.next_id() in this transaction always are.
+ */
+static void
+check_routed_id(HeapTuple tuple, TupleDesc tupdesc)
+{
+	int			id_attno = SPI_fnumber(tupdesc, "id");
+	bool		isnull;
+	Datum		value;
+	const unsigned char *b;
+	uint64		id_ms = 0;
+	uint64		first_ms = outbox_shmem_transaction_first_id_ms();
+	int			i;
+
+	if (id_attno <= 0)
+		elog(ERROR, "outbox.messages lacks the id column");
+	value = heap_getattr(tuple, id_attno, tupdesc, &isnull);
+	if (isnull)
+		return;					/* the primary key refuses it */
+	b = DatumGetUUIDP(value)->data;
+	for (i = 0; i < 6; i++)
+		id_ms = (id_ms << 8) | b[i];
+	if (first_ms != 0 && id_ms >= first_ms && id_ms <= outbox_shmem_id_clock_ms())
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("outbox message id %s cannot be routed to destinations",
+					DatumGetCString(DirectFunctionCall1(uuid_out, value))),
+			 errdetail("A message that subscriptions route must take its id from outbox.next_id() in the saving transaction: destinations read messages in id order, and could already have passed an older id, or wait for a newer one until the clock reaches it."),
+			 errhint("Leave the id to its default.")));
 }
 
 /*
@@ -369,6 +493,7 @@ outbox_route(PG_FUNCTION_ARGS)
 		Datum	   *elems = palloc(sizeof(Datum) * n);
 		int			i;
 
+		check_routed_id(tuple, tupdesc);
 		for (i = 0; i < n; i++)
 			elems[i] = Int32GetDatum(ids[i]);
 		value = PointerGetDatum(construct_array(elems, n, INT4OID, sizeof(int32),

@@ -13,5 +13,6 @@
 extern const char *outbox_pattern_problem(const char *pattern);
 extern bool outbox_topic_matches_pattern(const char *topic, const char *pattern);
 extern int	outbox_route_topic(const char *topic, const int32 **destinations);
+extern void outbox_route_subscriptions_changed(void);
 
 #endif							/* OUTBOX_ROUTE_H */

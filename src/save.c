@@ -30,7 +30,9 @@
 
 #include "outbox.h"
 #include "publisher.h"
+#include "route.h"
 #include "shmem.h"
+#include "store.h"
 
 PG_FUNCTION_INFO_V1(outbox_save_bytea);
 PG_FUNCTION_INFO_V1(outbox_save_text);
@@ -118,6 +120,18 @@ outbox_valid_headers(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Whether subscriptions route messages of this topic to destinations (not
+ * to the default one); never with a schema older than 0.3.0.
+ */
+static bool
+topic_is_routed(const char *topic)
+{
+	const int32 *destinations;
+
+	return outbox_have_destinations() && outbox_route_topic(topic, &destinations) > 0;
+}
+
+/*
  * Validate the arguments of save() and raise an ERROR, before anything is
  * stored, for anything that could never be published.
  */
@@ -147,9 +161,10 @@ check_save_arguments(FunctionCallInfo fcinfo, char **topic_out,
 				 errmsg("outbox message topic is too long"),
 				 errdetail("The topic is %zu bytes; the limit is %d.",
 						   strlen(topic), OUTBOX_MAX_TOPIC_LEN)));
+	/* The default destination's publisher checks the topics it will get. */
 	publisher = outbox_find_publisher(outbox_publisher_name);
 	if (publisher && publisher->check_topic &&
-		(problem = publisher->check_topic(topic)) != NULL)
+		(problem = publisher->check_topic(topic)) != NULL && !topic_is_routed(topic))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("outbox message topic \"%s\" cannot be published by publisher \"%s\"",

@@ -354,6 +354,20 @@ outbox_shmem_next_id_clock(uint64 now_ms, uint64 fresh_counter,
 	horizon_set = true;
 }
 
+/*
+ * The millisecond of the first id the current transaction took from the
+ * clock (its entry in the id horizon), or 0 when it took none (route.c).
+ */
+uint64
+outbox_shmem_transaction_first_id_ms(void)
+{
+	int			procno = outbox_my_procno();
+
+	if (!horizon_set || procno < 0 || procno >= OutboxShared->nhorizon)
+		return 0;
+	return pg_atomic_read_u64(&OutboxShared->horizon[procno]);
+}
+
 /* The millisecond of the newest id (or of the server's start). */
 uint64
 outbox_shmem_id_clock_ms(void)

@@ -85,6 +85,7 @@ extern void outbox_shmem_next_id_clock(uint64 now_ms, uint64 fresh_counter,
 extern void outbox_uuid_from_clock(uint64 ms, uint64 counter, uint32 tail, pg_uuid_t *id);
 extern void outbox_shmem_id_horizon(pg_uuid_t *upto);
 extern uint64 outbox_shmem_id_clock_ms(void);
+extern uint64 outbox_shmem_transaction_first_id_ms(void);
 
 /* Waking workers at commit, and routing (save.c, store.c, route.c, destination.c). */
 extern void outbox_wake_worker_at_commit(void);

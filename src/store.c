@@ -69,6 +69,7 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "destination.h"
 #include "outbox.h"
 #include "shmem.h"
 #include "store.h"
@@ -203,12 +204,20 @@
 
 /*
  * The earliest retry still to come among the oldest pending messages, for
- * the worker's sleep; $1 = now.  (Routed messages count too: harmless, the
- * worker only wakes once more.)
+ * the worker's sleep; $1 = now.  With destinations, the default
+ * destination's only: routed messages' retries are their deliveries', which
+ * their workers schedule, and a scan on status alone would find no index
+ * (the pending index is the default destination's) and read the whole
+ * table by its primary key at every sleep.
  */
 #define NEXT_DUE_SQL \
 	"SELECT min(next_attempt_at) FROM (SELECT next_attempt_at FROM outbox.messages " \
 	"WHERE status = 'pending' ORDER BY id LIMIT 1000) p WHERE next_attempt_at > $1"
+
+#define NEXT_DUE_ROUTED_SQL \
+	"SELECT min(next_attempt_at) FROM (SELECT next_attempt_at FROM outbox.messages " \
+	"WHERE status = 'pending' AND destinations IS NULL ORDER BY id LIMIT 1000) p " \
+	"WHERE next_attempt_at > $1"
 
 /* $1 = ids or NULL for all, $2 = now. */
 #define RETRY_FAILED_SQL \
@@ -217,21 +226,18 @@
 	"WHERE status = 'failed' AND ($1 IS NULL OR id = ANY($1))"
 
 /*
- * With destinations, the default destination's failed messages, and the
- * failed deliveries of routed ones (their messages pending again).
+ * With destinations, the default destination's failed messages ($1: ids, or
+ * NULL for all), and the routed messages whose failed deliveries were just
+ * requeued ($3, by delivery.c, as the outbox's owner), pending again;
+ * counts the default destination's.  $2 = now.
  */
 #define RETRY_FAILED_ROUTED_SQL \
-	"WITH deliveries AS (UPDATE outbox.delivery x SET status = 'pending', retries = 0, " \
-	"    next_attempt_at = $2, claimed_at = NULL, claimed_by = NULL " \
-	"  WHERE x.status = 'failed' AND ($1 IS NULL OR x.message_id = ANY ($1)) " \
-	"  RETURNING x.message_id), " \
-	"messages AS (UPDATE outbox.messages m SET status = 'pending', retries = 0, " \
+	"WITH messages AS (UPDATE outbox.messages m SET status = 'pending', retries = 0, " \
 	"    next_attempt_at = $2, processed_at = NULL " \
 	"  WHERE m.status = 'failed' AND (m.destinations IS NULL AND ($1 IS NULL OR m.id = ANY ($1)) " \
-	"    OR m.destinations IS NOT NULL AND m.id IN (SELECT message_id FROM deliveries)) " \
-	"  RETURNING m.id) " \
-	"SELECT (SELECT count(*) FROM messages WHERE id NOT IN (SELECT message_id FROM deliveries)) + " \
-	"       (SELECT count(*) FROM deliveries)"
+	"    OR m.destinations IS NOT NULL AND m.id = ANY ($3)) " \
+	"  RETURNING m.destinations IS NULL AS unrouted) " \
+	"SELECT count(*) FILTER (WHERE unrouted) FROM messages"
 
 static OutboxStatement claim_scan_stmt = {
 	.sql = CLAIM_SCAN_SQL, .nargs = 4, .argtypes = {INT4OID, TIMESTAMPTZOID, UUIDOID, TEXTARRAYOID},
@@ -294,8 +300,12 @@ static OutboxStatement next_due_stmt = {
 	.sql = NEXT_DUE_SQL, .nargs = 1, .argtypes = {TIMESTAMPTZOID},
 	.read_only = false, .expected = SPI_OK_SELECT, .action = "read outbox schedule"
 };
+static OutboxStatement next_due_routed_stmt = {
+	.sql = NEXT_DUE_ROUTED_SQL, .nargs = 1, .argtypes = {TIMESTAMPTZOID},
+	.read_only = false, .expected = SPI_OK_SELECT, .action = "read outbox schedule"
+};
 static OutboxStatement retry_failed_routed_stmt = {
-	.sql = RETRY_FAILED_ROUTED_SQL, .nargs = 2, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID},
+	.sql = RETRY_FAILED_ROUTED_SQL, .nargs = 3, .argtypes = {UUIDARRAYOID, TIMESTAMPTZOID, UUIDARRAYOID},
 	.read_only = false, .expected = SPI_OK_SELECT, .action = "requeue outbox messages"
 };
 static OutboxStatement retry_failed_stmt = {
@@ -1090,7 +1100,8 @@ outbox_store_next_due(void)
 
 	args[0] = TimestampTzGetDatum(GetCurrentTimestamp());
 	guc_level = outbox_store_connect();
-	if (outbox_store_execute(&next_due_stmt, args, NULL, InvalidSnapshot, 1) > 0)
+	if (outbox_store_execute(outbox_have_destinations() ? &next_due_routed_stmt : &next_due_stmt,
+							 args, NULL, InvalidSnapshot, 1) > 0)
 	{
 		bool		isnull;
 		Datum		value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -1102,14 +1113,21 @@ outbox_store_next_due(void)
 	return due;
 }
 
-/* Requeue failed messages (all of them when ids is NULL). */
+/*
+ * Requeue failed messages (all of them when ids is NULL), and with
+ * destinations the failed deliveries of routed ones.  The messages are
+ * updated as the caller (an external relay needs UPDATE on them, as
+ * before); the deliveries as the outbox's owner (delivery.c).
+ */
 int
 outbox_store_retry_failed(ArrayType *ids)
 {
-	Datum		args[2];
-	char		nulls[2] = {' ', ' '};
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	int			guc_level;
 	int			count;
+	int			nrequeued;
+	pg_uuid_t  *requeued;
 	bool		isnull;
 
 	args[0] = PointerGetDatum(ids);
@@ -1118,11 +1136,12 @@ outbox_store_retry_failed(ArrayType *ids)
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	if (!outbox_have_destinations())
 		return store_run(&retry_failed_stmt, args, nulls);
+	nrequeued = outbox_delivery_requeue_failed(ids, &requeued);
+	args[2] = PointerGetDatum(outbox_uuid_array(requeued, nrequeued));
 	guc_level = outbox_store_connect();
 	(void) outbox_store_execute(&retry_failed_routed_stmt, args, nulls, InvalidSnapshot, 0);
 	count = (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 											  1, &isnull));
 	outbox_store_finish(guc_level);
-	return count;
+	return count + nrequeued;
 }
-

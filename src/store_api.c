@@ -143,7 +143,7 @@ outbox_mark_processed(PG_FUNCTION_ARGS)
 }
 
 /*
- * outbox.mark_processed(ids, destination): an external destination's
+ * outbox.mark_processed_for(ids, destination): an external destination's
  * deliveries went through; returns how many were marked.
  */
 Datum

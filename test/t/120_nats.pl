@@ -197,14 +197,21 @@ for my $attempt (1 .. 3)
 {
 	# Kill while messages are in the stream but not yet marked processed:
 	# published, acknowledged or not, with their batch still in flight.
+	# The worker must be publishing when the counts are read (not marking
+	# a batch it finished: then nothing in the stream is unmarked, and the
+	# kill makes no duplicate).
 	my $pid = OutboxTest::worker_pid($node, 'postgres') or last;
 	my $caught = OutboxTest::wait_until(
 		30,
 		sub {
-			my $done = OutboxTest::query_value($node, 'postgres',
-				"SELECT count(*) FROM outbox.messages WHERE topic = 'bulk' AND status = 'processed'");
+			my $row = OutboxTest::query_value($node, 'postgres',
+				"SELECT (SELECT count(*) FROM outbox.messages WHERE topic = 'bulk' AND status = 'processed') "
+				  . "|| '|' || (SELECT count(*) FROM pg_stat_activity WHERE pid = $pid "
+				  . "AND query = 'publishing outbox messages')");
+			return 0 unless defined $row;
+			my ($done, $publishing) = split /\|/, $row;
 			my $stored = $nats->count('BULK');
-			return defined $done && defined $stored && $stored - $done >= 50
+			return $publishing && defined $stored && $stored - $done >= 50
 			  && $done < $total - 5000;
 		});
 	last unless $caught;

@@ -286,17 +286,20 @@ sub save_burst
 
 =pod
 
-=item $checker->listener
+=item $checker->listener(%options)
 
-A new OutboxChecker::Listener on the checker's topic.
+A new OutboxChecker::Listener on the checker's topic.  Options: channel
+(another channel, for a notify destination with a channel of its own),
+destination (the destination it listens for: completeness then follows that
+destination's deliveries, not the messages' status), name.
 
 =cut
 
 sub listener
 {
-	my ($self) = @_;
+	my ($self, %opt) = @_;
 	return OutboxChecker::Listener->new($self->{node}, $self->{dbname},
-		$self->{topic});
+		$opt{channel} // $self->{topic}, %opt);
 }
 
 =pod
@@ -600,6 +603,11 @@ required from the sources).
 Ledger messages exempt from the per-key order check (for example failed
 messages requeued later by retry_failed).
 
+=item destinations => [ 'name', ... ]
+
+Destinations every committed message is routed to: each must have its
+delivery processed (outbox.deliveries), or as statuses says.
+
 =item min_committed => 1, rollbacks => 1
 
 Require at least this many committed messages, and some rolled back.
@@ -680,6 +688,21 @@ sub check
 	is(scalar @wrong_status, 0,
 		"$name: every committed message is processed (or as expected)")
 	  or diag("@wrong_status[0 .. min(9, $#wrong_status)]");
+
+	# Per destination: every committed message routed there and delivered.
+	for my $dest (@{ $opt{destinations} // [] })
+	{
+		my %delivery = map { split /\|/, $_, 2 } split /\n/,
+		  $self->sql(
+			"SELECT d.message_id, d.status FROM outbox.deliveries d JOIN checker.ledger l ON l.id = d.message_id "
+			  . "WHERE d.destination = '$dest'");
+		my @undelivered = grep { ($delivery{$_} // 'not routed there') ne ($statuses->{$_} // 'processed') }
+		  keys %{ $ledger->{by_id} };
+		is(scalar @undelivered, 0,
+			"$name: destination $dest: every committed message was routed there and delivered")
+		  or diag(join(', ', map { "$_: " . ($delivery{$_} // 'not routed there') }
+				  @undelivered[0 .. min(9, $#undelivered)]));
+	}
 
 	# The sources.
 	for my $source (@$sources)
@@ -909,6 +932,7 @@ sub new
 		dbname => $dbname,
 		channel => $channel,
 		name => $opt{name} // "listener on $channel",
+		destination => $opt{destination},
 		json => JSON::PP->new->utf8,
 		deliveries => [],
 		epochs => [],
@@ -1170,11 +1194,14 @@ sub required_ids
 
 	my $live = $self->{epochs}[-1];
 	return () unless $live && $live->{live};
-	my %after = map { $_ => 1 } split /\n/,
-	  $checker->sql(
-		"SELECT l.id FROM checker.ledger l JOIN outbox.messages m USING (id) "
-		  . "WHERE m.status = 'processed' AND m.processed_at > '$live->{listen_ts}'"
-	  );
+	# A destination's listener: the time that destination delivered it.
+	my $sql = defined $self->{destination}
+	  ? "SELECT l.id FROM checker.ledger l JOIN outbox.deliveries d ON d.message_id = l.id "
+	  . "WHERE d.destination = '$self->{destination}' AND d.status = 'processed' "
+	  . "AND d.processed_at > '$live->{listen_ts}'"
+	  : "SELECT l.id FROM checker.ledger l JOIN outbox.messages m USING (id) "
+	  . "WHERE m.status = 'processed' AND m.processed_at > '$live->{listen_ts}'";
+	my %after = map { $_ => 1 } split /\n/, $checker->sql($sql);
 	return map { [ $_, $live->{number} ] } grep { $after{$_} } @ids;
 }
 
