@@ -42,6 +42,32 @@ my $checker = OutboxChecker->new($node, topic => 'chk', nkeys => 16);
 $checker->install;
 my $listener = $checker->listener;
 
+# Wait in the server until TARGET messages are processed, looking every
+# millisecond, and return how many are not processed then (-1 after
+# TIMEOUT seconds).  A poll from here (a psql per look) can miss a whole
+# fast drain between two looks, and then no stop comes during a drain.
+$node->safe_psql('postgres', q{
+CREATE FUNCTION wait_processed(target bigint, timeout_s float8) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+	deadline timestamptz := clock_timestamp() + timeout_s * interval '1 second';
+	done bigint;
+	left_over bigint;
+BEGIN
+	LOOP
+		SELECT count(*) FILTER (WHERE status = 'processed'),
+			   count(*) FILTER (WHERE status <> 'processed')
+		  INTO done, left_over FROM outbox.messages;
+		IF done >= target THEN
+			RETURN left_over;
+		END IF;
+		IF clock_timestamp() > deadline THEN
+			RETURN -1;
+		END IF;
+		PERFORM pg_sleep(0.001);
+	END LOOP;
+END $$});
+
 # Messages processed so far, and those not (yet): one snapshot.
 sub progress
 {
@@ -76,11 +102,7 @@ for my $i (1 .. $cycles)
 		# The stop follows the query that saw the target reached at once: a
 		# second query would give a fast drain the time to finish.
 		my $target = $processed + 1 + int(rand($burst * 0.3));
-		OutboxTest::wait_until(30, sub {
-			my ($done, $left) = progress();
-			$pending = $left;
-			return $done >= $target;
-		});
+		$pending = $node->safe_psql('postgres', "SELECT wait_processed($target, 30)");
 	}
 	push @pending_at_stop, $pending;
 	$mid_drain++ if $pending > 0;
