@@ -32,7 +32,6 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
-#include "common/hashfn.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -298,22 +297,6 @@ typedef struct HeldKey
 	char	   *key;
 } HeldKey;
 
-/* Hash a HeldKey's key: the string it points to. */
-static uint32
-held_key_hash(const void *key, Size keysize)
-{
-	const char *k = *(const char *const *) key;
-
-	return hash_bytes((const unsigned char *) k, (int) strlen(k));
-}
-
-/* Compare two HeldKey keys as strings. */
-static int
-held_key_match(const void *key1, const void *key2, Size keysize)
-{
-	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
-}
-
 /* An empty set of keys, in the current memory context. */
 static HTAB *
 new_key_set(void)
@@ -323,8 +306,8 @@ new_key_set(void)
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(char *);
 	ctl.entrysize = sizeof(HeldKey);
-	ctl.hash = held_key_hash;
-	ctl.match = held_key_match;
+	ctl.hash = outbox_string_key_hash;
+	ctl.match = outbox_string_key_match;
 	ctl.hcxt = CurrentMemoryContext;
 	return hash_create("outbox held keys", 64, &ctl,
 					   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);

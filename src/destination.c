@@ -404,20 +404,6 @@ outbox_resume_destination(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* Raise an error unless pattern is a valid topic pattern. */
-static void
-check_pattern(const char *pattern)
-{
-	const char *problem = outbox_pattern_problem(pattern);
-
-	if (problem)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid topic pattern \"%s\"", pattern),
-				 errdetail("%s.", problem),
-				 errhint("Patterns are dot-separated tokens: \"*\" matches exactly one token, \">\" as the last token one or more, for example \"orders.*\" or \"orders.>\".")));
-}
-
 /*
  * outbox.subscribe(destination, topic_pattern): messages saved from now on
  * whose topic matches go to the destination (subscribing twice changes
@@ -432,7 +418,7 @@ outbox_subscribe(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	OutboxStoreCall call;
 
-	check_pattern(pattern);
+	outbox_check_pattern(pattern);
 	owner_connect(&call);
 	values[0] = Int32GetDatum(lock_destination(name, NULL));
 	values[1] = CStringGetTextDatum(pattern);

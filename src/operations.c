@@ -276,19 +276,6 @@ outbox_worker_status(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* Raise an error for a bad topic pattern (as subscribe() does). */
-static void
-check_pattern(const char *pattern)
-{
-	const char *problem = outbox_pattern_problem(pattern);
-
-	if (problem)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid topic pattern \"%s\"", pattern),
-				 errdetail("%s.", problem)));
-}
-
 /*
  * The id of a destination by name, inside a store call; -1 for the default
  * destination ("default"); an error when there is none by that name.
@@ -424,7 +411,7 @@ outbox_replay(PG_FUNCTION_ARGS)
 	{
 		char	   *pattern = text_to_cstring(PG_GETARG_TEXT_PP(2));
 
-		check_pattern(pattern);
+		outbox_check_pattern(pattern);
 		values[2] = CStringGetTextDatum(pattern);
 		nulls[2] = ' ';
 	}
@@ -493,7 +480,7 @@ outbox_retry_failed_where(PG_FUNCTION_ARGS)
 	{
 		char	   *pattern = text_to_cstring(PG_GETARG_TEXT_PP(2));
 
-		check_pattern(pattern);
+		outbox_check_pattern(pattern);
 		values[0] = CStringGetTextDatum(pattern);
 		nulls[0] = ' ';
 	}

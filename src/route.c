@@ -191,19 +191,31 @@ outbox_topic_matches_pattern(const char *topic, const char *pattern)
 	}
 }
 
-/* outbox.topic_matches(topic, pattern) */
-Datum
-outbox_topic_matches(PG_FUNCTION_ARGS)
+/*
+ * Raise 22023 unless pattern is a valid topic pattern: what subscribe(),
+ * topic_matches(), replay() and retry_failed() say of a bad one.
+ */
+void
+outbox_check_pattern(const char *pattern)
 {
-	char	   *topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *pattern = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	const char *problem = outbox_pattern_problem(pattern);
 
 	if (problem)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid topic pattern \"%s\"", pattern),
-				 errdetail("%s.", problem)));
+				 errdetail("%s.", problem),
+				 errhint("Patterns are dot-separated tokens: \"*\" matches exactly one token, \">\" as the last token one or more, for example \"orders.*\" or \"orders.>\".")));
+}
+
+/* outbox.topic_matches(topic, pattern) */
+Datum
+outbox_topic_matches(PG_FUNCTION_ARGS)
+{
+	char	   *topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *pattern = text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	outbox_check_pattern(pattern);
 	PG_RETURN_BOOL(outbox_topic_matches_pattern(topic, pattern));
 }
 

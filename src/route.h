@@ -11,6 +11,7 @@
 #define OUTBOX_ROUTE_H
 
 extern const char *outbox_pattern_problem(const char *pattern);
+extern void outbox_check_pattern(const char *pattern);
 extern bool outbox_topic_matches_pattern(const char *topic, const char *pattern);
 extern int	outbox_route_topic(const char *topic, const int32 **destinations);
 extern void outbox_route_subscriptions_changed(void);

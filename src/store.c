@@ -553,18 +553,21 @@ typedef struct KeyState
 	bool		lock_missed;	/* a message chosen to be locked was not kept */
 } KeyState;
 
-/* Hash a KeyState's key: the string it points to. */
-static uint32
-key_state_hash(const void *key, Size keysize)
+/*
+ * Hash an entry's key that is a pointer to a string (KeyState here,
+ * delivery.c's held keys): the string it points to.
+ */
+uint32
+outbox_string_key_hash(const void *key, Size keysize)
 {
 	const char *k = *(const char *const *) key;
 
 	return hash_bytes((const unsigned char *) k, (int) strlen(k));
 }
 
-/* Compare two KeyState keys as strings. */
-static int
-key_state_match(const void *key1, const void *key2, Size keysize)
+/* Compare two keys that are pointers to strings, as strings. */
+int
+outbox_string_key_match(const void *key1, const void *key2, Size keysize)
 {
 	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
 }
@@ -662,8 +665,8 @@ claim_begin(Claim *claim, int max_messages, int64 max_bytes, bool ordered,
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(char *);
 	ctl.entrysize = sizeof(KeyState);
-	ctl.hash = key_state_hash;
-	ctl.match = key_state_match;
+	ctl.hash = outbox_string_key_hash;
+	ctl.match = outbox_string_key_match;
 	ctl.hcxt = CurrentMemoryContext;
 	claim->keys = hash_create("outbox claim keys", 256, &ctl,
 							  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);

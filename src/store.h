@@ -73,6 +73,8 @@ extern void outbox_store_finish(int guc_level);
 extern uint64 outbox_store_execute(OutboxStatement *stmt, Datum *args, const char *nulls,
 								   Snapshot snapshot, long max_rows);
 extern ArrayType *outbox_uuid_array(const pg_uuid_t *ids, int nids);
+extern uint32 outbox_string_key_hash(const void *key, Size keysize);
+extern int	outbox_string_key_match(const void *key1, const void *key2, Size keysize);
 extern void outbox_store_collect(SPITupleTable *tuptable, uint64 nrows,
 								 MemoryContext context, OutboxBatch *batch);
 
