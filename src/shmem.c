@@ -515,7 +515,11 @@ wake_main_worker(void)
 	LWLockRelease(OutboxShared->lock);
 
 	if (worker_latch)
-		SetLatch(worker_latch);
+	{
+		/* a paused worker looks again when it is resumed (SIGHUP) */
+		if (outbox_enabled || destinations_changed)
+			SetLatch(worker_latch);
+	}
 	else
 	{
 		pg_atomic_write_u32(&slot->start_requested, 1);
@@ -559,7 +563,16 @@ end_of_xact_callback(XactEvent event, void *arg)
 			pg_atomic_fetch_add_u32(&OutboxShared->slots[my_database_slot].destinations_version, 1);
 		if ((wake_at_commit && saved_messages > routed_messages) || destinations_changed)
 			wake_main_worker();
-		if (nwoken_destinations > 0 || wake_all_destinations)
+		/*
+		 * While the relay is paused (outbox.enabled off) its workers look
+		 * again when it is resumed, so commits leave them asleep: waking
+		 * three sleeping workers per commit costs a saver more than its
+		 * save.  A session that has not read the resuming SIGHUP yet skips
+		 * a wake-up it should have done; the worker then finds its
+		 * messages at its next poll, late but not lost.
+		 */
+		if ((nwoken_destinations > 0 || wake_all_destinations) &&
+			(outbox_enabled || requeued_deliveries))
 			wake_destination_workers();
 	}
 	backlog_added = 0;
