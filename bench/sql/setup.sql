@@ -23,6 +23,29 @@ CREATE TABLE bench.relay_messages
 ALTER TABLE bench.relay_messages
 	ALTER COLUMN id SET DEFAULT lpad(to_hex(nextval('bench.id_seq')), 32, '0')::uuid;
 
+-- From 0.3.0 on, the pending index of outbox.messages covers only the default
+-- destination's messages (destinations IS NULL), which the loop below does not
+-- ask for: without this, the copy's pending messages would have no index the
+-- loop can use, and it would scan the table.  Give the copy 0.2.0's pending
+-- index instead of the two per-destination ones.
+DO $$
+DECLARE
+	idx regclass;
+BEGIN
+	FOR idx IN
+		SELECT i.indexrelid::regclass FROM pg_index i
+		 WHERE i.indrelid = 'bench.relay_messages'::regclass
+		   AND pg_get_expr(i.indpred, i.indrelid) LIKE '%destinations%'
+	LOOP
+		EXECUTE format('DROP INDEX %s', idx);
+	END LOOP;
+	IF FOUND THEN
+		CREATE INDEX relay_messages_pending_idx ON bench.relay_messages (id)
+			WHERE status = 'pending';
+	END IF;
+END
+$$;
+
 -- The classic polling relay, done as fairly as it can be: claim a batch in
 -- id order with UPDATE ... FOR UPDATE SKIP LOCKED, send each message with
 -- pg_notify (the same JSON envelope as outbox's notify publisher), mark the
