@@ -1039,6 +1039,8 @@ destination_id(const char *name)
 OutboxBatch *
 outbox_delivery_fetch(const char *name, int max_messages)
 {
+	MemoryContext caller = CurrentMemoryContext;
+	MemoryContext store_context;
 	OutboxDestination destination;
 	OutboxBatch *batch;
 	NewDeliveries rows;
@@ -1078,8 +1080,15 @@ outbox_delivery_fetch(const char *name, int max_messages)
 
 	position_known = false;
 	unfinished = -1;
+
+	/*
+	 * The batch goes back to the caller: claim it into the caller's memory,
+	 * not into this store call's, which its end frees.
+	 */
+	store_context = MemoryContextSwitchTo(caller);
 	batch = outbox_delivery_claim(&destination, max_messages, 0,
 								  outbox_ordering == OUTBOX_ORDERING_KEY);
+	MemoryContextSwitchTo(store_context);
 
 	new_deliveries_init(&rows, batch->nmessages + batch->ndiverted);
 	retried = palloc(sizeof(pg_uuid_t) * Max(batch->nmessages, 1));
