@@ -187,12 +187,13 @@ call_statement(Oid fn)
 
 /*
  * Call the function on one message in a subtransaction, turning an ERROR
- * into a failed attempt.
+ * into a failed attempt whose error is allocated in context (the caller's:
+ * not SPI's, which SPI calls leave current and SPI_finish frees).
  */
 static void
-call_function(SPIPlanPtr plan, const OutboxMessage *message, OutboxPublishResult *result)
+call_function(SPIPlanPtr plan, const OutboxMessage *message, OutboxPublishResult *result,
+			  MemoryContext context)
 {
-	MemoryContext context = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	Datum		arg = UUIDPGetDatum(&message->id);
 
@@ -250,8 +251,9 @@ function_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *re
 		elog(ERROR, "SPI_connect failed");
 	MemoryContextSwitchTo(context);
 	plan = call_statement(fn);
+	MemoryContextSwitchTo(context);
 	for (i = 0; i < nmessages; i++)
-		call_function(plan, &messages[i], &results[i]);
+		call_function(plan, &messages[i], &results[i], context);
 	SPI_finish();
 	MemoryContextSwitchTo(context);
 }
