@@ -191,13 +191,25 @@ owner_connect(OutboxStoreCall *call)
 	outbox_store_connect_as_owner(call);
 }
 
-/* Connect to SPI for a management call. */
-static void
+/*
+ * Connect for a management call that only superusers may make (create,
+ * alter, drop): as the caller, with search_path pinned by the store, so
+ * that no operator or function in these statements can be one that a
+ * database owner planted in a schema on the caller's path.  Returns the
+ * GUC level to hand to management_finish().
+ */
+static int
 management_connect(void)
 {
 	outbox_require_shared_state();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "could not connect to SPI");
+	return outbox_store_connect();
+}
+
+/* End a management call begun by management_connect(). */
+static void
+management_finish(int guc_level)
+{
+	outbox_store_finish(guc_level);
 }
 
 /*
@@ -214,6 +226,7 @@ outbox_create_destination(PG_FUNCTION_ARGS)
 	Oid			types[3] = {TEXTOID, TEXTOID, JSONBOID};
 	Datum		values[3];
 	pg_uuid_t	start;
+	int			guc_level;
 
 	hide_statement_arguments("create_destination");
 	require_superuser("create an outbox destination");
@@ -227,7 +240,7 @@ outbox_create_destination(PG_FUNCTION_ARGS)
 	publisher = destination_publisher(publisher_name);
 	check_options(publisher, publisher_name, options);
 
-	management_connect();
+	guc_level = management_connect();
 	values[0] = CStringGetTextDatum(name);
 	values[1] = CStringGetTextDatum(publisher_name);
 	values[2] = JsonbPGetDatum(options);
@@ -252,7 +265,7 @@ outbox_create_destination(PG_FUNCTION_ARGS)
 	run("INSERT INTO outbox.destination_progress (destination_id, upto) "
 		"SELECT id, $2 FROM outbox.destination WHERE name = $1",
 		2, types, values, NULL, SPI_OK_INSERT);
-	SPI_finish();
+	management_finish(guc_level);
 	outbox_destinations_changed_at_commit(false);
 	PG_RETURN_VOID();
 }
@@ -273,6 +286,7 @@ outbox_alter_destination(PG_FUNCTION_ARGS)
 	int32		id;
 	bool		isnull;
 	Jsonb	   *merged;
+	int			guc_level;
 
 	hide_statement_arguments("alter_destination");
 	require_superuser("alter an outbox destination");
@@ -286,7 +300,7 @@ outbox_alter_destination(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("destination options must be a JSON object")));
 
-	management_connect();
+	guc_level = management_connect();
 	id = lock_destination(name, &publisher_name);
 	publisher = destination_publisher(publisher_name);
 
@@ -304,7 +318,7 @@ outbox_alter_destination(PG_FUNCTION_ARGS)
 	values[1] = JsonbPGetDatum(merged);
 	run("UPDATE outbox.destination SET options = $2 WHERE id = $1",
 		2, types, values, NULL, SPI_OK_UPDATE);
-	SPI_finish();
+	management_finish(guc_level);
 	outbox_destinations_changed_at_commit(false);
 	PG_RETURN_VOID();
 }
@@ -321,9 +335,10 @@ outbox_drop_destination(PG_FUNCTION_ARGS)
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
 	int32		id;
+	int			guc_level;
 
 	require_superuser("drop an outbox destination");
-	management_connect();
+	guc_level = management_connect();
 	id = lock_destination(name, NULL);
 	values[0] = Int32GetDatum(id);
 	if (!force)
@@ -354,7 +369,7 @@ outbox_drop_destination(PG_FUNCTION_ARGS)
 	run("DELETE FROM outbox.destination_progress WHERE destination_id = $1", 1, types, values,
 		NULL, SPI_OK_DELETE);
 	run("DELETE FROM outbox.destination WHERE id = $1", 1, types, values, NULL, SPI_OK_DELETE);
-	SPI_finish();
+	management_finish(guc_level);
 	outbox_route_subscriptions_changed();
 	outbox_destinations_changed_at_commit(true);
 	PG_RETURN_VOID();

@@ -1030,6 +1030,18 @@ start_worker_common(void)
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_OVERRIDE);
 
+	/*
+	 * The worker's role is usually a superuser, and the database owner
+	 * chooses the database's search_path (ALTER DATABASE ... SET): an
+	 * operator or function planted in a schema on it would run with the
+	 * worker's privileges.  So the whole session resolves names in
+	 * pg_catalog only, whatever the database or role settings say
+	 * (PGC_S_SESSION outranks both, and a function's own SET search_path
+	 * still applies to its body).  The store pins it again for every
+	 * statement, as it does for SQL callers.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
+
 	worker_context = AllocSetContextCreate(TopMemoryContext, "outbox worker",
 										   ALLOCSET_DEFAULT_SIZES);
 	batch_context = AllocSetContextCreate(worker_context, "outbox batch",

@@ -5,21 +5,29 @@
  *		function inside the database.
  *
  * With outbox.publisher = 'function' and outbox.publisher_function =
- * 'schema.fn', the worker calls schema.fn(m outbox.messages) once per
- * message, in the transaction that claims and marks the batch, so what the
- * function does (fan-out into other tables, another queue, an audit log)
- * commits together with the mark.  Each call runs in its own
- * subtransaction: an ERROR raised by the function undoes only that call and
- * becomes a failed attempt carrying the error's message.
+ * 'schema.fn' (or a destination's "function" option), the worker calls
+ * schema.fn(m outbox.messages) once per message, in the transaction that
+ * claims and marks the batch, so what the function does (fan-out into
+ * other tables, another queue, an audit log) commits together with the
+ * mark.  Each call runs in its own subtransaction: an ERROR raised by the
+ * function undoes only that call and becomes a failed attempt carrying the
+ * error's message.
  *
  * The function receives the row as claimed: status is still 'pending' and
- * retries counts the failed attempts so far.  Its result is ignored.  It
- * runs as the worker's role (outbox.role).
+ * retries counts the failed attempts so far.  Its result is ignored.
+ *
+ * The worker's role is usually a superuser, so the call is built to give
+ * nobody else that role's power (CVE-2018-1058's lesson): the name must be
+ * schema-qualified; it is resolved to an OID and called through fmgr, not
+ * through SQL text; the call runs as the function's owner, in a restricted
+ * operation, with search_path pinned to pg_catalog (a function's own SET
+ * search_path still applies).
  *
  * The function is looked up before each batch, so creating, replacing or
  * dropping it takes effect at once.  When it cannot be called (not set,
- * missing, wrong signature, not a plain function, no EXECUTE privilege),
- * the problem is logged once and messages stay pending, untouched.
+ * missing, wrong signature, not a plain function, no EXECUTE privilege for
+ * the worker's role), the problem is logged once and messages stay
+ * pending, untouched.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -42,6 +50,8 @@
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/resowner.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/varlena.h"
 
 #include "builtin.h"
@@ -51,47 +61,60 @@
 static char *setting_function = NULL;
 static char *publisher_function = NULL;
 
-/* The statement calling the function, kept while it stays the same. */
-static SPIPlanPtr call_plan = NULL;
-static Oid	call_plan_function = InvalidOid;
+/* The statement reading a message's row, prepared once. */
+static SPIPlanPtr row_plan = NULL;
 
 /* The last problem logged, to log each one once. */
 static OutboxProblem config_problem =
 	OUTBOX_PROBLEM_INIT("function", ERRCODE_UNDEFINED_FUNCTION);
 
+/* What a name that is not schema-qualified is told. */
+#define FUNCTION_NAME_DETAIL \
+	"The value must be a schema-qualified function name, such as \"myschema.deliver\"."
+
 /*
- * Check outbox.publisher_function: empty, or a function name, optionally
- * schema-qualified, in SQL identifier syntax.
+ * Why a function name is not schema.name, or NULL.  An unqualified name
+ * would be resolved on a search_path, and whoever may create a schema on
+ * it could put a function of that name first.
  */
-static bool
-check_publisher_function(char **newval, void **extra, GucSource source)
+static char *
+function_name_problem(const char *value)
 {
-	char	   *rawname;
+	char	   *rawname = pstrdup(value);
 	List	   *parts = NIL;
 	bool		ok;
 
-	if (**newval == '\0')
-		return true;
-	rawname = pstrdup(*newval);
-	ok = SplitIdentifierString(rawname, '.', &parts) &&
-		list_length(parts) >= 1 && list_length(parts) <= 2;
+	ok = SplitIdentifierString(rawname, '.', &parts) && list_length(parts) == 2;
 	list_free(parts);
 	pfree(rawname);
-	if (!ok)
-		GUC_check_errdetail("The value must be a function name, such as \"myschema.deliver\".");
-	return ok;
+	return ok ? NULL : pstrdup(FUNCTION_NAME_DETAIL);
+}
+
+/* Check outbox.publisher_function: empty, or a schema-qualified name. */
+static bool
+check_publisher_function(char **newval, void **extra, GucSource source)
+{
+	char	   *problem;
+
+	if (**newval == '\0')
+		return true;
+	problem = function_name_problem(*newval);
+	if (problem != NULL)
+		GUC_check_errdetail("%s", problem);
+	return problem == NULL;
 }
 
 /*
- * The function named by outbox.publisher_function, taking one
- * outbox.messages argument, or InvalidOid after logging why it cannot be
- * used.  Runs in a transaction.
+ * The function named by outbox.publisher_function (or the destination's
+ * "function" option), taking one outbox.messages argument, or InvalidOid
+ * after logging why it cannot be used.  The name is schema-qualified, so
+ * no search_path takes part in finding it.  Runs in a transaction.
  */
 static Oid
 lookup_publisher_function(void)
 {
 	static const char *signature_hint =
-	"Create it as CREATE FUNCTION <name>(m outbox.messages) RETURNS void ..., or set outbox.publisher_function to such a function and reload.";
+	"Create it as CREATE FUNCTION <schema>.<name>(m outbox.messages) RETURNS void ..., or set the function to such a function.";
 	Oid			schema;
 	Oid			messages_relid;
 	Oid			argtype;
@@ -103,6 +126,15 @@ lookup_publisher_function(void)
 		OutboxPublisherReportProblem(&config_problem, "outbox.publisher_function is not set", signature_hint);
 		return InvalidOid;
 	}
+	if (function_name_problem(publisher_function) != NULL)
+	{
+		/* A destination of 0.3.0 may hold a name its check let through. */
+		OutboxPublisherReportProblem(&config_problem,
+									 psprintf("function name \"%s\" is not schema-qualified",
+											  publisher_function),
+									 "Name the function with its schema, such as \"myschema.deliver\" (outbox.alter_destination, or outbox.publisher_function).");
+		return InvalidOid;
+	}
 
 	schema = get_namespace_oid("outbox", false);
 	messages_relid = get_relname_relid("messages", schema);
@@ -110,7 +142,6 @@ lookup_publisher_function(void)
 	if (!OidIsValid(argtype))
 		elog(ERROR, "type outbox.messages does not exist");
 
-	/* The check hook made sure that the name parses. */
 	names = stringToQualifiedNameList(publisher_function, NULL);
 	fn = LookupFuncName(names, 1, &argtype, true);
 	if (!OidIsValid(fn))
@@ -128,19 +159,19 @@ lookup_publisher_function(void)
 		OutboxPublisherReportProblem(&config_problem, problem, signature_hint);
 		return InvalidOid;
 	}
-	if (get_func_prokind(fn) != PROKIND_FUNCTION)
+	if (get_func_prokind(fn) != PROKIND_FUNCTION || get_func_retset(fn))
 	{
-		OutboxPublisherReportProblem(&config_problem, psprintf("%s(outbox.messages) is not a plain function (procedures, aggregates and window functions cannot deliver messages)",
-										 publisher_function),
-								signature_hint);
+		OutboxPublisherReportProblem(&config_problem, psprintf("%s(outbox.messages) is not a plain function (procedures, aggregates, window functions and set-returning functions cannot deliver messages)",
+															   publisher_function),
+									 signature_hint);
 		return InvalidOid;
 	}
 	if (object_aclcheck(ProcedureRelationId, fn, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 	{
 		OutboxPublisherReportProblem(&config_problem, psprintf("the outbox worker's role \"%s\" may not execute function %s(outbox.messages)",
-										 GetUserNameFromId(GetUserId(), false),
-										 publisher_function),
-								"GRANT EXECUTE on the function to the role in outbox.role.");
+															   GetUserNameFromId(GetUserId(), false),
+															   publisher_function),
+									 "GRANT EXECUTE on the function to the role in outbox.role.");
 		return InvalidOid;
 	}
 
@@ -155,72 +186,96 @@ lookup_publisher_function(void)
 }
 
 /*
- * The statement "SELECT schema.fn(m) FROM outbox.messages m WHERE m.id =
- * $1", prepared for function fn and kept until another function is used.
+ * The statement "SELECT m FROM outbox.messages m WHERE m.id = $1", whose
+ * operator is named with its schema: it runs as the worker's role.
  */
 static SPIPlanPtr
-call_statement(Oid fn)
+row_statement(void)
 {
-	char	   *sql;
 	Oid			argtypes[1] = {UUIDOID};
 	SPIPlanPtr	plan;
 
-	if (call_plan != NULL && call_plan_function == fn)
-		return call_plan;
-	if (call_plan != NULL)
-		SPI_freeplan(call_plan);
-	call_plan = NULL;
-
-	sql = psprintf("SELECT %s(m) FROM outbox.messages m WHERE m.id = $1",
-				   quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)),
-											  get_func_name(fn)));
-	plan = SPI_prepare(sql, 1, argtypes);
+	if (row_plan != NULL)
+		return row_plan;
+	plan = SPI_prepare("SELECT m FROM outbox.messages m WHERE m.id OPERATOR(pg_catalog.=) $1",
+					   1, argtypes);
 	if (plan == NULL)
-		elog(ERROR, "could not prepare the call of %s: %s", sql,
+		elog(ERROR, "could not prepare the outbox function publisher's read: %s",
 			 SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
-	call_plan = plan;
-	call_plan_function = fn;
-	pfree(sql);
+	row_plan = plan;
 	return plan;
 }
 
 /*
- * Call the function on one message in a subtransaction, turning an ERROR
- * into a failed attempt whose error is allocated in context (the caller's:
- * not SPI's, which SPI calls leave current and SPI_finish frees).
+ * Call the function (flinfo, owned by owner) on one message's row as its
+ * owner, in a restricted operation with search_path pinned, inside a
+ * subtransaction: the function runs with no more privileges than its
+ * owner has, so whoever may replace it (its owner, the owner of its
+ * schema) gains nothing from the worker's role, and the settings it
+ * changes end with the call.  An ERROR becomes a failed attempt whose
+ * error is allocated in context (the caller's: not SPI's, which SPI
+ * calls leave current and SPI_finish frees).  A message whose row is
+ * gone has nothing left to deliver.
  */
 static void
-call_function(SPIPlanPtr plan, const OutboxMessage *message, OutboxPublishResult *result,
-			  MemoryContext context)
+call_function(FmgrInfo *flinfo, Oid owner, const OutboxMessage *message,
+			  OutboxPublishResult *result, MemoryContext context)
 {
-	ResourceOwner owner = CurrentResourceOwner;
+	ResourceOwner resowner = CurrentResourceOwner;
 	Datum		arg = UUIDPGetDatum(&message->id);
+	Oid			saved_userid;
+	int			saved_sec_context;
 
+	LOCAL_FCINFO(fcinfo, 1);
+
+	GetUserIdAndSecContext(&saved_userid, &saved_sec_context);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(context);
 	PG_TRY();
 	{
-		int			rc = SPI_execute_plan(plan, &arg, NULL, false, 0);
+		int			rc = SPI_execute_plan(row_statement(), &arg, NULL, false, 1);
 
-		if (rc < 0)
-			elog(ERROR, "could not call the outbox publisher function: %s",
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "could not read the outbox message to deliver: %s",
 				 SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+			int			guc_level;
+
+			InitFunctionCallInfoData(*fcinfo, flinfo, 1, InvalidOid, NULL, NULL);
+			fcinfo->args[0].value = SPI_getbinval(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, 1, &isnull);
+			fcinfo->args[0].isnull = isnull;
+
+			guc_level = NewGUCNestLevel();
+			(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+									 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+			SetUserIdAndSecContext(owner, saved_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+								   SECURITY_RESTRICTED_OPERATION);
+			PushActiveSnapshot(GetTransactionSnapshot());
+			(void) FunctionCallInvoke(fcinfo);
+			PopActiveSnapshot();
+			SetUserIdAndSecContext(saved_userid, saved_sec_context);
+			AtEOXact_GUC(true, guc_level);
+		}
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(context);
-		CurrentResourceOwner = owner;
+		CurrentResourceOwner = resowner;
 		result->status = OUTBOX_PUBLISH_OK;
 	}
 	PG_CATCH();
 	{
 		ErrorData  *error;
 
+		/* The subtransaction's abort restores the role and the settings. */
 		MemoryContextSwitchTo(context);
 		error = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(context);
-		CurrentResourceOwner = owner;
+		CurrentResourceOwner = resowner;
 
 		result->status = OUTBOX_PUBLISH_RETRY;
 		result->error = pstrdup(error->message ? error->message : "publisher function failed");
@@ -234,8 +289,10 @@ static void
 function_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *results)
 {
 	MemoryContext context = CurrentMemoryContext;
-	SPIPlanPtr	plan;
+	FmgrInfo	flinfo;
 	Oid			fn;
+	Oid			owner;
+	HeapTuple	proc;
 	int			i;
 
 	publisher_function = OutboxOptionString("function");
@@ -246,41 +303,29 @@ function_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *re
 			results[i].status = OUTBOX_PUBLISH_SKIPPED;
 		return;
 	}
+	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(proc))
+		elog(ERROR, "cache lookup failed for function %u", fn);
+	owner = ((Form_pg_proc) GETSTRUCT(proc))->proowner;
+	ReleaseSysCache(proc);
+	fmgr_info(fn, &flinfo);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	MemoryContextSwitchTo(context);
-	plan = call_statement(fn);
-	MemoryContextSwitchTo(context);
 	for (i = 0; i < nmessages; i++)
-		call_function(plan, &messages[i], &results[i], context);
+		call_function(&flinfo, owner, &messages[i], &results[i], context);
 	SPI_finish();
 	MemoryContextSwitchTo(context);
 }
 
+/* Forget the prepared read. */
 static void
 function_shutdown(void)
 {
-	if (call_plan != NULL)
-		SPI_freeplan(call_plan);
-	call_plan = NULL;
-	call_plan_function = InvalidOid;
-}
-
-/* Why a destination's function is not a function name, or NULL. */
-static char *
-function_name_problem(const char *value)
-{
-	char	   *copy = pstrdup(value);
-	char	   *rawname = copy;
-	List	   *parts = NIL;
-	bool		ok;
-
-	ok = SplitIdentifierString(rawname, '.', &parts) &&
-		list_length(parts) >= 1 && list_length(parts) <= 2;
-	list_free(parts);
-	pfree(copy);
-	return ok ? NULL : pstrdup("The value must be a function name, such as \"myschema.deliver\".");
+	if (row_plan != NULL)
+		SPI_freeplan(row_plan);
+	row_plan = NULL;
 }
 
 /* A destination's option; it defaults to outbox.publisher_function. */

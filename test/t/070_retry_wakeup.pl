@@ -40,7 +40,7 @@ BEGIN
 	IF m.retries = 0 THEN
 		RAISE EXCEPTION 'first attempt fails on purpose';
 	END IF;
-	INSERT INTO delivered (id, attempt) VALUES (m.id, m.retries + 1);
+	INSERT INTO public.delivered (id, attempt) VALUES (m.id, m.retries + 1);
 END $$;
 });
 

@@ -118,7 +118,8 @@ $node->safe_psql(
 	'postgres', q{
 CREATE TABLE deliver_mode (mode text);
 INSERT INTO deliver_mode VALUES ('fail');
-CREATE FUNCTION public.deliver(m outbox.messages) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION public.deliver(m outbox.messages) RETURNS void LANGUAGE plpgsql
+    SET search_path = public AS $$
 BEGIN
     IF (SELECT mode FROM deliver_mode) = 'fail' THEN
         RAISE EXCEPTION 'deliver refused %', m.topic;
