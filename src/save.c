@@ -211,6 +211,13 @@ insert_message(const char *topic, bytea *payload, text *key, Jsonb *headers)
 
 	generate_id(id);
 
+	/*
+	 * Unlike the store's statements, this one runs under the caller's
+	 * search_path, pinning which would cost every save two recomputations
+	 * of the path: it names only outbox.messages, schema-qualified, and
+	 * resolves no operator, function or cast (the parameters have the
+	 * columns' types), so no path can change what it does.
+	 */
 	SPI_connect();
 	if (save_plan == NULL)
 	{
