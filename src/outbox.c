@@ -337,24 +337,23 @@ outbox_shmem_startup_hook(void)
 }
 
 /*
- * Before DROP DATABASE runs, stop the relay worker connected to that
- * database and keep the launcher from restarting it for a while, so that
- * the drop does not fail with "database is being accessed by other users".
+ * Before DROP DATABASE runs, stop the workers connected to that database
+ * (its main worker and its destinations' workers) and keep the launcher
+ * from starting them again for a while, so that the drop does not fail
+ * with "database is being accessed by other users".
  */
 static void
-stop_worker_for_drop(const char *dbname)
+stop_workers_for_drop(const char *dbname)
 {
 	TimestampTz pause_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														  DROP_DATABASE_PAUSE_MS);
-	pid_t		pid = outbox_shmem_pause_worker(dbname, pause_until);
 	int			waited_ms;
 
-	if (pid == 0)
+	if (outbox_shmem_stop_database_workers(dbname, pause_until) == 0)
 		return;
-	kill(pid, SIGTERM);
 	for (waited_ms = 0; waited_ms < DROP_DATABASE_WAIT_MS; waited_ms += 10)
 	{
-		if (!outbox_shmem_worker_running(pid))
+		if (!outbox_shmem_database_workers_running(dbname))
 			break;
 		CHECK_FOR_INTERRUPTS();
 		pg_usleep(10 * 1000L);
@@ -394,7 +393,7 @@ outbox_process_utility(PlannedStmt *pstmt, const char *queryString,
 									context))
 	{
 		dropped_db = ((DropdbStmt *) pstmt->utilityStmt)->dbname;
-		stop_worker_for_drop(dropped_db);
+		stop_workers_for_drop(dropped_db);
 	}
 
 	PG_TRY();

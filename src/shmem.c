@@ -947,37 +947,53 @@ slot_by_name(const char *dbname)
 }
 
 /*
- * Keep the launcher from starting a worker for dbname until "until", and
- * return the pid of the worker running now (0 when none), for DROP
- * DATABASE to stop it.
+ * Keep the launcher from starting any worker for dbname (its main worker
+ * and its destinations' workers) until "until", and ask every one of them
+ * running now to exit (SIGTERM): DROP DATABASE is about to need the
+ * database to itself.  Returns how many were asked.
  */
-pid_t
-outbox_shmem_pause_worker(const char *dbname, TimestampTz until)
+int
+outbox_shmem_stop_database_workers(const char *dbname, TimestampTz until)
 {
 	int			slot = slot_by_name(dbname);
-	pid_t		pid;
+	int			stopped = 0;
+	int			i;
 
 	if (slot < 0)
 		return 0;
 	LWLockAcquire(OutboxShared->lock, LW_EXCLUSIVE);
 	OutboxShared->slots[slot].paused_until = until;
-	pid = OutboxShared->slots[slot].pid;
+	if (OutboxShared->slots[slot].pid != 0 &&
+		kill(OutboxShared->slots[slot].pid, SIGTERM) == 0)
+		stopped++;
+	for (i = 0; i < OUTBOX_MAX_DESTINATION_WORKERS; i++)
+	{
+		OutboxDestinationSlot *d = &OutboxShared->destinations[i];
+
+		if (d->in_use && d->db_slot == slot && d->pid != 0 && kill(d->pid, SIGTERM) == 0)
+			stopped++;
+	}
 	LWLockRelease(OutboxShared->lock);
-	return pid;
+	return stopped;
 }
 
-/* Whether the worker with this pid is still attached to its slot. */
+/* Whether any worker of dbname (main or destination) is still attached. */
 bool
-outbox_shmem_worker_running(pid_t pid)
+outbox_shmem_database_workers_running(const char *dbname)
 {
-	bool		running = false;
+	int			slot = slot_by_name(dbname);
+	bool		running;
 	int			i;
 
+	if (slot < 0)
+		return false;
 	LWLockAcquire(OutboxShared->lock, LW_SHARED);
-	for (i = 0; i < OutboxShared->nslots; i++)
+	running = OutboxShared->slots[slot].pid != 0;
+	for (i = 0; i < OUTBOX_MAX_DESTINATION_WORKERS && !running; i++)
 	{
-		if (OutboxShared->slots[i].pid == pid)
-			running = true;
+		OutboxDestinationSlot *d = &OutboxShared->destinations[i];
+
+		running = d->in_use && d->db_slot == slot && d->pid != 0;
 	}
 	LWLockRelease(OutboxShared->lock);
 	return running;

@@ -146,8 +146,8 @@ extern uint32 outbox_shmem_requeue_version(void);
 extern bool outbox_shmem_read_inflight(Oid dboid, pg_uuid_t *first, pg_uuid_t *last);
 
 /* DROP DATABASE (outbox.c). */
-extern pid_t outbox_shmem_pause_worker(const char *dbname, TimestampTz until);
-extern bool outbox_shmem_worker_running(pid_t pid);
+extern int	outbox_shmem_stop_database_workers(const char *dbname, TimestampTz until);
+extern bool outbox_shmem_database_workers_running(const char *dbname);
 extern void outbox_shmem_resume_worker(const char *dbname);
 
 #endif							/* OUTBOX_SHMEM_H */
