@@ -208,7 +208,8 @@ row_statement(void)
 }
 
 /*
- * Call the function (flinfo, owned by owner) on one message's row as its
+ * Call the function (flinfo, owned by owner; fcinfo has room for its one
+ * argument) on one message's row as its
  * owner, in a restricted operation with search_path pinned, inside a
  * subtransaction: the function runs with no more privileges than its
  * owner has, so whoever may replace it (its owner, the owner of its
@@ -219,15 +220,14 @@ row_statement(void)
  * gone has nothing left to deliver.
  */
 static void
-call_function(FmgrInfo *flinfo, Oid owner, const OutboxMessage *message,
-			  OutboxPublishResult *result, MemoryContext context)
+call_function(FmgrInfo *flinfo, FunctionCallInfo fcinfo, Oid owner,
+			  const OutboxMessage *message, OutboxPublishResult *result,
+			  MemoryContext context)
 {
 	ResourceOwner resowner = CurrentResourceOwner;
 	Datum		arg = UUIDPGetDatum(&message->id);
 	Oid			saved_userid;
 	int			saved_sec_context;
-
-	LOCAL_FCINFO(fcinfo, 1);
 
 	GetUserIdAndSecContext(&saved_userid, &saved_sec_context);
 	BeginInternalSubTransaction(NULL);
@@ -290,6 +290,7 @@ function_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *re
 {
 	MemoryContext context = CurrentMemoryContext;
 	FmgrInfo	flinfo;
+	FunctionCallInfo fcinfo;
 	Oid			fn;
 	Oid			owner;
 	HeapTuple	proc;
@@ -309,12 +310,13 @@ function_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *re
 	owner = ((Form_pg_proc) GETSTRUCT(proc))->proowner;
 	ReleaseSysCache(proc);
 	fmgr_info(fn, &flinfo);
+	fcinfo = palloc0(SizeForFunctionCallInfo(1));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	MemoryContextSwitchTo(context);
 	for (i = 0; i < nmessages; i++)
-		call_function(&flinfo, owner, &messages[i], &results[i], context);
+		call_function(&flinfo, fcinfo, owner, &messages[i], &results[i], context);
 	SPI_finish();
 	MemoryContextSwitchTo(context);
 }

@@ -1,5 +1,5 @@
 
-# 098_drop_database_destinations.pl -- DROP DATABASE of a relayed database
+# 099_drop_database_destinations.pl -- DROP DATABASE of a relayed database
 # whose destinations have workers running (issue 20).
 #
 # A database's destination workers are connected to it just as its main
