@@ -27,7 +27,8 @@
 #   OUTBOX_SUITE_TIMEOUT  when CI is set, seconds after which a suite's test
 #                       runner is killed (default 1200; 0 = no limit)
 #   OUTBOX_REQUIRE_BROKERS  if set, the broker publishers' TAP tests (110_kafka,
-#                       120/121_nats, 130-133_amqp, 140-143_redis) fail instead of
+#                       120/121_nats, 122_publisher_lifecycle, 130-133_amqp,
+#                       140-143_redis) fail instead of
 #                       skipping when a plug-in (outbox_kafka, outbox_nats,
 #                       outbox_amqp, outbox_redis), its test helper or its server
 #                       (nats-server, rabbitmq-server, redis-server) is missing;

@@ -154,6 +154,7 @@ typedef struct ConnectJob
 static ConnectJob *connect_job = NULL;
 static natsConnection *conn = NULL;
 static jsCtx *js = NULL;
+static bool js_published = false;	/* js took an asynchronous publication */
 static char *built_url = NULL;
 static char *built_credentials = NULL;
 static bool fds_reserved = false;
@@ -562,24 +563,36 @@ drop_stale_completions(void)
 /*
  * Take back every publication libnats still waits a PubAck for: their
  * acks, if they come, are ignored, and a republication is deduplicated by
- * Nats-Msg-Id.
+ * Nats-Msg-Id.  libnats makes the context's table of pending publications
+ * only when it takes the first one, and js_PublishAsyncGetPendingList()
+ * reads that table without looking whether it exists: a context that never
+ * published (a server down since the worker started) has nothing to take
+ * back and must not be asked.
  */
 static void
 reclaim_pending(void)
 {
 	natsMsgList pending;
 
-	if (js == NULL)
+	if (js == NULL || !js_published)
 		return;
 	memset(&pending, 0, sizeof(pending));
 	if (js_PublishAsyncGetPendingList(&pending, js) == NATS_OK)
 		natsMsgList_Destroy(&pending);
 }
 
-/* Close the connection (or give up the one being made). */
+/*
+ * Close the connection (or give up the one being made).  Safe in any state
+ * the publisher can be in (never connected, connecting, connected, server
+ * down, closed) and when called again: each step looks at what exists.
+ * What was in flight is forgotten, never confirmed: its messages stay
+ * pending and are published again (Nats-Msg-Id deduplicates them).
+ */
 static void
 nats_teardown(void)
 {
+	bool		was_blocked = signals_blocked;
+
 	block_signals();
 	if (connect_job)
 	{
@@ -603,10 +616,12 @@ nats_teardown(void)
 		jsCtx_Destroy(js);
 	}
 	js = NULL;
+	js_published = false;
 	if (conn)
 		natsConnection_Destroy(conn);
 	conn = NULL;
-	unblock_signals();
+	if (!was_blocked)
+		unblock_signals();
 	drop_stale_completions();
 	if (built_url)
 		pfree(built_url);
@@ -800,9 +815,12 @@ finish_connecting(void)
 	block_signals();
 	s = natsConnection_JetStream(&js, conn, &jo);
 	unblock_signals();
+	js_published = false;
 	if (s != NATS_OK)
 	{
+		/* No connection without its context: the next batch starts over. */
 		js = NULL;
+		nats_teardown();
 		ereport(ERROR,
 				(errmsg("outbox nats publisher: could not create a JetStream context: %s",
 						natsStatus_GetText(s))));
@@ -1233,7 +1251,9 @@ publish_all(OutboxMessage *messages, int nmessages, OutboxPublishResult *results
 				;
 			sent = msg;
 			s = js_PublishMsgAsync(js, &msg, &po);
-			if (s != NATS_OK)
+			if (s == NATS_OK)
+				js_published = true;
+			else
 			{
 				natsMsg_Destroy(msg);
 				results[next].status = OUTBOX_PUBLISH_RETRY;

@@ -23,6 +23,9 @@
  *                             fail with error code ERR      -> ok
  *   topic NAME PARTITIONS     create another topic and consume it -> ok
  *   count                     -> count <records consumed so far>
+ *   down                      every broker disconnects its clients and
+ *                             refuses new connections          -> ok
+ *   up                        the brokers take connections again -> ok
  *   quit (or end of input)    exit
  *
  * stdout is flushed after every line.
@@ -44,6 +47,7 @@ static rd_kafka_t *cluster_rk;	/* the handle the mock cluster belongs to */
 static rd_kafka_mock_cluster_t *mcluster;
 static rd_kafka_t *consumer;
 static rd_kafka_topic_partition_list_t *assignment;
+static int	nbrokers = 3;
 static int	replication = 3;
 static int	quiet = 0;
 static long long consumed = 0;
@@ -199,6 +203,22 @@ command(char *line)
 	}
 	else if (strcmp(line, "count") == 0)
 		printf("count %lld\n", consumed);
+	else if (strcmp(line, "down") == 0 || strcmp(line, "up") == 0)
+	{
+		int			id;
+
+		/* The mock numbers its brokers from 1. */
+		for (id = 1; id <= nbrokers; id++)
+		{
+			rd_kafka_resp_err_t err = line[0] == 'd' ?
+				rd_kafka_mock_broker_set_down(mcluster, id) :
+				rd_kafka_mock_broker_set_up(mcluster, id);
+
+			if (err)
+				die("could not set broker %d %s: %s", id, line, rd_kafka_err2str(err));
+		}
+		puts("ok");
+	}
 	else
 		printf("error unknown command: %s\n", line);
 	fflush(stdout);
@@ -237,6 +257,7 @@ main(int argc, char **argv)
 	}
 	if (brokers < 1 || partitions < 1)
 		die("brokers and partitions must be positive");
+	nbrokers = brokers;
 	replication = brokers < 3 ? brokers : 3;
 	signal(SIGPIPE, SIG_IGN);
 

@@ -31,107 +31,28 @@
 use strict;
 use warnings;
 
-use File::Basename qw(dirname);
-use File::Spec;
-use IPC::Run ();
-use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
 use OutboxDestinations;
+use OutboxKafka;
 use OutboxTest;
 
-# Skip (or fail, under OUTBOX_REQUIRE_BROKERS) when something is missing.
-sub missing { OutboxTest::missing(@_) }
-
-my $pg_config = $ENV{PG_CONFIG} // 'pg_config';
-my $pkglibdir = `$pg_config --pkglibdir`;
-chomp $pkglibdir;
-missing("outbox_kafka is not installed in $pkglibdir (build with librdkafka-dev)")
-  unless -f "$pkglibdir/outbox_kafka.so";
-
-my $brokers_dir = File::Spec->rel2abs(File::Spec->catdir(dirname(__FILE__), '..', 'brokers'));
-my $mock_bin = "$brokers_dir/kafka_mock";
-system('make', '-s', '-C', $brokers_dir, 'BROKERS=kafka', 'kafka_mock') unless -x $mock_bin;
-missing("$mock_bin is missing (make -C test/brokers)") unless -x $mock_bin;
+OutboxKafka::require_kafka();
 
 ########################################################################
 # The mock cluster.
 
-my ($mock_in, $mock_out, $mock_err) = ('', '', '');
-my $mock = IPC::Run::start([ $mock_bin, 'orders', 'payments', 'users' ],
-	\$mock_in, \$mock_out, \$mock_err);
-END { $mock->kill_kill if $mock; }
-
-my @records;    # decoded record lines
-my @replies;    # other lines (command answers)
-my $json = JSON::PP->new;
-
-# Read what kafka_mock printed so far.
-sub drain_mock
-{
-	$mock->pump_nb;
-	while ((my $i = index($mock_out, "\n")) >= 0)
-	{
-		my $line = substr($mock_out, 0, $i);
-		substr($mock_out, 0, $i + 1) = '';
-		if ($line =~ /^\{/)
-		{
-			my $r = $json->decode($line);
-			$r->{h} = {};
-			for my $pair (@{ $r->{headers} })
-			{
-				push @{ $r->{h}{ $pair->[0] } }, $pair->[1];
-			}
-			push @records, $r;
-		}
-		else
-		{
-			push @replies, $line;
-		}
-	}
-	return;
-}
-
-# Send a command, return its answer line.
-sub mock_command
-{
-	my ($cmd) = @_;
-	my $before = scalar @replies;
-	$mock_in .= "$cmd\n";
-	OutboxTest::wait_until(10, sub { drain_mock(); @replies > $before })
-	  or die "kafka_mock did not answer \"$cmd\"";
-	return $replies[$before];
-}
-
-OutboxTest::wait_until(30, sub { drain_mock(); @replies > 0 })
-  or missing("kafka_mock did not start: $mock_err");
-my ($bootstrap) = $replies[0] =~ /^bootstrap (\S+)$/;
+my $kafka = OutboxKafka->start('orders', 'payments', 'users');
+my $bootstrap = $kafka->bootstrap;
 ok($bootstrap, "mock cluster started: $bootstrap");
 
-# Records whose outbox-id header is one of @ids.
-sub records_of
-{
-	my %want = map { $_ => 1 } @_;
-	return grep { $want{ $_->{h}{'outbox-id'}[0] // '' } } @records;
-}
-
-# Wait until every id has arrived at least once.
-sub wait_records
-{
-	my @ids = @_;
-	my $ok = OutboxTest::wait_until(
-		$OutboxTest::TIMEOUT,
-		sub {
-			drain_mock();
-			my %seen = map { ($_->{h}{'outbox-id'}[0] // '') => 1 } @records;
-			return !grep { !$seen{$_} } @ids;
-		});
-	diag('not every message arrived in Kafka') unless $ok;
-	return $ok;
-}
+sub drain_mock { $kafka->drain }
+sub mock_command { return $kafka->command(@_) }
+sub records_of { return $kafka->records_of(@_) }
+sub wait_records { return $kafka->wait_records(@_) }
 
 ########################################################################
 # The node.
@@ -412,8 +333,6 @@ my $log = slurp_file($node->logfile);
 is(index($log, $secret), -1, 'the secret never appears in the server log');
 like($log, qr/parameter "outbox.kafka_properties" changed$/m, 'changes are logged without the value');
 
-$mock_in .= "quit\n";
-$mock->finish;
-$mock = undef;
+$kafka->stop;
 
 done_testing();

@@ -52,9 +52,9 @@ sub epmd_binary
 	return undef;
 }
 
-# Skip the whole test (plan skip_all) when the plug-in, the helper or the
-# server is missing; with OUTBOX_REQUIRE_BROKERS set, fail instead.
-sub require_amqp
+# What the amqp publisher's tests need and do not find here: the plug-in,
+# the helper, the server.
+sub missing
 {
 	my $pkglibdir = `$ENV{PG_CONFIG} --pkglibdir` if $ENV{PG_CONFIG};
 	$pkglibdir //= `pg_config --pkglibdir`;
@@ -67,6 +67,14 @@ sub require_amqp
 	  unless -x $amqp_tool;
 	push @missing, "rabbitmq-server (apt-get install rabbitmq-server)"
 	  unless -x $rabbitmq_server && epmd_binary();
+	return @missing;
+}
+
+# Skip the whole test (plan skip_all) when the plug-in, the helper or the
+# server is missing; with OUTBOX_REQUIRE_BROKERS set, fail instead.
+sub require_amqp
+{
+	my @missing = missing();
 	return unless @missing;
 	my $why = 'missing: ' . join('; ', @missing);
 	if ($ENV{OUTBOX_REQUIRE_BROKERS})
@@ -247,13 +255,8 @@ sub stop
 	$signal //= 'TERM';
 	if ($signal eq 'KILL')
 	{
-		if (open(my $fh, '<', "$self->{dir}/beam.pid"))
-		{
-			my $beam = <$fh>;
-			close $fh;
-			chomp $beam;
-			kill 'KILL', $beam if $beam && $beam =~ /^\d+$/;
-		}
+		my $beam = $self->beam_pid;
+		kill 'KILL', $beam if $beam;
 	}
 	kill($signal, $pid);
 	waitpid($pid, 0);
@@ -262,15 +265,23 @@ sub stop
 	return;
 }
 
+# The process id of this node's Erlang VM (the broker itself), or undef.
+sub beam_pid
+{
+	my ($self) = @_;
+	open(my $fh, '<', "$self->{dir}/beam.pid") or return undef;
+	my $beam = <$fh>;
+	close $fh;
+	chomp $beam if defined $beam;
+	return ($beam && $beam =~ /^\d+$/) ? $beam : undef;
+}
+
 # Whether the Erlang VM of this node still runs.
 sub beam_running
 {
 	my ($self) = @_;
-	open(my $fh, '<', "$self->{dir}/beam.pid") or return 0;
-	my $beam = <$fh>;
-	close $fh;
-	chomp $beam;
-	return $beam && $beam =~ /^\d+$/ && kill(0, $beam);
+	my $beam = $self->beam_pid;
+	return $beam && kill(0, $beam);
 }
 
 =pod

@@ -31,8 +31,6 @@ use warnings;
 
 use Carp;
 use Digest::SHA qw(hmac_sha256);
-use File::Basename;
-use File::Spec;
 use JSON::PP;
 use MIME::Base64;
 use PostgreSQL::Test::Cluster;
@@ -405,28 +403,30 @@ sub state
 
 =item nats_available()
 
-Whether the nats publisher can be tested here: the plug-in, its test
-helper and nats-server.  With OUTBOX_REQUIRE_BROKERS set, a missing piece
-is a failure (BAIL_OUT) instead.
+Whether the nats publisher can be tested here (available('nats', ...)).
+
+=item available($publisher, @missing)
+
+Whether $publisher can be tested here, given what is missing (the
+module's missing(): OutboxNats::missing() and the like).  With
+OUTBOX_REQUIRE_BROKERS set, a missing piece is a failure (BAIL_OUT)
+instead.
 
 =cut
 
 sub nats_available
 {
 	require OutboxNats;
-	my $pkglibdir = `$ENV{PG_CONFIG} --pkglibdir` if $ENV{PG_CONFIG};
-	$pkglibdir //= `pg_config --pkglibdir`;
-	chomp $pkglibdir;
-	my $helper = File::Spec->rel2abs(
-		File::Spec->catfile(File::Basename::dirname(__FILE__), '..', 'brokers', 'nats_js'));
-	my @missing;
-	push @missing, "$pkglibdir/outbox_nats.so" unless -f "$pkglibdir/outbox_nats.so";
-	push @missing, $helper unless -x $helper;
-	push @missing, 'nats-server' unless OutboxNats::server_binary();
+	return available('nats', OutboxNats::missing());
+}
+
+sub available
+{
+	my ($publisher, @missing) = @_;
 	return 1 unless @missing;
-	BAIL_OUT('OUTBOX_REQUIRE_BROKERS is set, but missing: ' . join(', ', @missing))
+	BAIL_OUT('OUTBOX_REQUIRE_BROKERS is set, but missing: ' . join('; ', @missing))
 	  if $ENV{OUTBOX_REQUIRE_BROKERS};
-	note('nats not tested here; missing: ' . join(', ', @missing));
+	note("$publisher not tested here; missing: " . join('; ', @missing));
 	return 0;
 }
 

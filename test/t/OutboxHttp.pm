@@ -84,6 +84,9 @@ sub _launch
 
 sub port { return $_[0]->{port} }
 
+# The server's process id (to stop it with SIGSTOP), while it runs.
+sub pid { return $_[0]->{running} ? $_[0]->{proc}{KIDS}[0]{PID} : undef }
+
 # The server's URL, with an optional path.
 sub url
 {

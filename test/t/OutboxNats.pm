@@ -50,9 +50,9 @@ sub server_binary
 	return undef;
 }
 
-# Skip the whole test (plan skip_all) when the plug-in, the helper or the
-# server is missing; with OUTBOX_REQUIRE_BROKERS set, fail instead.
-sub require_nats
+# What the nats publisher's tests need and do not find here: the plug-in,
+# the helper, the server.
+sub missing
 {
 	my $pkglibdir = `$ENV{PG_CONFIG} --pkglibdir` if $ENV{PG_CONFIG};
 	$pkglibdir //= `pg_config --pkglibdir`;
@@ -64,6 +64,14 @@ sub require_nats
 	  unless -x $nats_js;
 	push @missing, "nats-server (apt-get install nats-server)"
 	  unless server_binary();
+	return @missing;
+}
+
+# Skip the whole test (plan skip_all) when the plug-in, the helper or the
+# server is missing; with OUTBOX_REQUIRE_BROKERS set, fail instead.
+sub require_nats
+{
+	my @missing = missing();
 	return unless @missing;
 	my $why = 'missing: ' . join('; ', @missing);
 	if ($ENV{OUTBOX_REQUIRE_BROKERS})

@@ -42,9 +42,9 @@ sub server_binary
 	return undef;
 }
 
-# Skip the whole test (plan skip_all) when the plug-in or the server is
-# missing; with OUTBOX_REQUIRE_BROKERS set, fail instead.
-sub require_redis
+# What the redis publisher's tests need and do not find here: the plug-in,
+# the server.
+sub missing
 {
 	my $pkglibdir = `$ENV{PG_CONFIG} --pkglibdir` if $ENV{PG_CONFIG};
 	$pkglibdir //= `pg_config --pkglibdir`;
@@ -55,6 +55,14 @@ sub require_redis
 	  unless -f "$pkglibdir/outbox_redis.so";
 	push @missing, "redis-server (apt-get install redis-server)"
 	  unless server_binary();
+	return @missing;
+}
+
+# Skip the whole test (plan skip_all) when the plug-in or the server is
+# missing; with OUTBOX_REQUIRE_BROKERS set, fail instead.
+sub require_redis
+{
+	my @missing = missing();
 	return unless @missing;
 	my $why = 'missing: ' . join('; ', @missing);
 	if ($ENV{OUTBOX_REQUIRE_BROKERS})
