@@ -276,8 +276,14 @@ redact_statement(ErrorData *edata, const char *word, const char *what)
 		NULL
 	};
 
+	/*
+	 * A statement log that mentions the word, or any logged while such a
+	 * statement runs: the plans auto_explain logs of the statements nested
+	 * in it may show their parameters' values.
+	 */
 	if (edata->message_id != NULL && edata->message != NULL &&
-		contains_ignoring_case(edata->message, word))
+		(contains_ignoring_case(edata->message, word) ||
+		 (debug_query_string != NULL && contains_ignoring_case(debug_query_string, word))))
 	{
 		const char *const *prefix;
 		bool		statement = false;
