@@ -131,7 +131,7 @@ is($req->{headers}{authorization}, "Bearer $token", 'with the Authorization head
 
 SKIP:
 {
-	skip 'nats not available here', 3 unless $with_nats;
+	skip 'nats not available here', 6 unless $with_nats;
 	require OutboxNats;
 	my $user = 'outbox_' . secret();
 	my $password = secret();
@@ -140,6 +140,14 @@ SKIP:
 	my ($ok, $out) = OutboxNats::run_js($auth_url, 'add-stream', 'SECRETS', 'secrets.>', 1, 120);
 	ok($ok, 'a stream on the server that requires a password') or diag($out);
 	my $url = $nats->url;
+	my $err = OutboxTest::error_of($node,
+		qq{SELECT outbox.create_destination('natsd', 'nats', '{"url": "$url,nats://tok3n-hunter2\@127.0.0.1:1"}')});
+	like($err, qr/^22023: invalid value for option "url" of publisher "nats".*HINT:  Put credentials in the secret options of publisher "nats" \(credentials, user, password, token\)/s,
+		'a nats URL with credentials is refused, the hint naming the secret options');
+	unlike($err, qr/hunter2/, 'without quoting it');
+	like(OutboxTest::error_of($node, q{SELECT outbox.create_destination('natsd', 'nats', '{"url": "nats://h:1, me:hunter2@h:2"}')}),
+		qr/^22023: .*A server URL must not hold a user name, password or token/s,
+		'so is a server without a scheme that holds them (libnats takes one)');
 	sql(qq{SELECT outbox.create_destination('natsd', 'nats', '{"url": "$url"}');
 	       SELECT outbox.subscribe('natsd', 'secrets.>')});
 	my $user_file = secret_file('user', $user);
