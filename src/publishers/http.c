@@ -292,7 +292,7 @@ headers_problem(const char *value)
 	{
 		problem = header_problem("header", h.name, h.name_len, h.value, h.value_len, false);
 		if (problem != NULL)
-			problem[0] = pg_toupper((unsigned char) problem[0]);
+			problem[0] = (char) pg_toupper((unsigned char) problem[0]);
 	}
 	if (problem != NULL)
 	{
