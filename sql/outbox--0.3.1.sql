@@ -200,6 +200,11 @@ CREATE FUNCTION outbox.create_destination(name text, publisher text,
 CREATE FUNCTION outbox.alter_destination(name text, options jsonb) RETURNS void
 	AS 'MODULE_PATHNAME', 'outbox_alter_destination'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+-- (0.3.1) One secret option, its value never in statement text: bound as a
+-- parameter, or read by the server (pg_read_file); NULL removes it.
+CREATE FUNCTION outbox.set_destination_secret(name text, option text, value text) RETURNS void
+	AS 'MODULE_PATHNAME', 'outbox_set_destination_secret'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION outbox.drop_destination(name text, force boolean DEFAULT false) RETURNS void
 	AS 'MODULE_PATHNAME', 'outbox_drop_destination'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
@@ -313,6 +318,8 @@ REVOKE ALL ON FUNCTION outbox.route(), outbox.create_destination(text, text, jso
 	outbox.destination_position(int), outbox.fetch_pending(int, text),
 	outbox.mark_processed_for(uuid[], text), outbox.mark_failed(uuid, text, text),
 	outbox.retry_failed(uuid[], text) FROM PUBLIC;
+-- (0.3.1) Like create_destination: superusers only.
+REVOKE ALL ON FUNCTION outbox.set_destination_secret(text, text, text) FROM PUBLIC;
 
 -- Operations (0.3.0): live status without table scans, replay, dead letters.
 -- Failed messages and deliveries are rare: a partial index on each costs

@@ -27,10 +27,12 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "common/jsonapi.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
@@ -38,6 +40,7 @@
 
 #include "destination.h"
 #include "outbox.h"
+#include "pg_compat.h"
 #include "publisher.h"
 #include "route.h"
 #include "shmem.h"
@@ -45,6 +48,7 @@
 
 PG_FUNCTION_INFO_V1(outbox_create_destination);
 PG_FUNCTION_INFO_V1(outbox_alter_destination);
+PG_FUNCTION_INFO_V1(outbox_set_destination_secret);
 PG_FUNCTION_INFO_V1(outbox_drop_destination);
 PG_FUNCTION_INFO_V1(outbox_pause_destination);
 PG_FUNCTION_INFO_V1(outbox_resume_destination);
@@ -324,6 +328,116 @@ outbox_alter_destination(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The declaration of a secret option of a publisher; raises an error when
+ * the publisher has no option of that name or it is not secret (those are
+ * set with alter_destination, where they are shown anyway).
+ */
+static const OutboxOption *
+secret_option(const OutboxPublisher *publisher, const char *publisher_name, const char *name)
+{
+	StringInfoData secrets;
+	int			i;
+
+	initStringInfo(&secrets);
+	for (i = 0; publisher != NULL && i < publisher->noptions; i++)
+	{
+		const OutboxOption *option = &publisher->options[i];
+
+		if (option->secret && strcmp(option->name, name) == 0)
+			return option;
+		if (option->secret)
+			appendStringInfo(&secrets, "%s%s", secrets.len > 0 ? ", " : "", option->name);
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("publisher \"%s\" has no secret option \"%s\"", publisher_name, name),
+			 secrets.len > 0 ?
+			 errdetail("The secret options of publisher \"%s\" are: %s.", publisher_name, secrets.data) :
+			 errdetail("Publisher \"%s\" has no secret options.", publisher_name),
+			 errhint("Set other options with outbox.alter_destination().")));
+	return NULL;				/* keep the compiler quiet */
+}
+
+/*
+ * outbox.set_destination_secret(name, option, value): set one secret
+ * option of a destination (a null value removes it).  The value is meant
+ * to be bound as a parameter or read by the server (pg_read_file()), so
+ * that it never is in statement text, which the server log, statistics
+ * and pg_stat_activity may show; it is never quoted in errors either.  An
+ * object option (headers) takes the object's JSON text.
+ */
+Datum
+outbox_set_destination_secret(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_argument(fcinfo, 0, "destination name");
+	char	   *option_name = text_argument(fcinfo, 1, "option");
+	char	   *publisher_name;
+	const OutboxPublisher *publisher;
+	const OutboxOption *option;
+	Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	const char *sql;
+	int32		id;
+	bool		isnull;
+	Jsonb	   *merged;
+
+	hide_statement_arguments("set_destination_secret");
+	require_superuser("set a secret of an outbox destination");
+
+	management_connect();
+	id = lock_destination(name, &publisher_name);
+	publisher = destination_publisher(publisher_name);
+	option = secret_option(publisher, publisher_name, option_name);
+
+	values[0] = Int32GetDatum(id);
+	values[1] = CStringGetTextDatum(option_name);
+	if (PG_ARGISNULL(2))
+	{
+		nulls[2] = 'n';
+		values[2] = (Datum) 0;
+		sql = "SELECT d.options - $2 FROM outbox.destination d WHERE d.id = $1";
+	}
+	else if (option->type == OUTBOX_OPTION_OBJECT)
+	{
+		text	   *value = PG_GETARG_TEXT_PP(2);
+		JsonLexContext *lex;
+		bool		ok;
+
+		/* Parsed here first: the errors of jsonb_in would quote the value. */
+		lex = makeJsonLexContextCstringLen(NULL, VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value),
+										   GetDatabaseEncoding(), true);
+		ok = pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
+		freeJsonLexContext(lex);
+		if (!ok)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid value for option \"%s\" of publisher \"%s\"",
+							option_name, publisher_name),
+					 errdetail("The value must be the JSON text of an object of strings.")));
+		values[2] = PointerGetDatum(value);
+		sql = "SELECT d.options || jsonb_build_object($2, $3::jsonb) FROM outbox.destination d WHERE d.id = $1";
+	}
+	else
+	{
+		values[2] = PG_GETARG_DATUM(2);
+		sql = "SELECT d.options || jsonb_build_object($2, $3) FROM outbox.destination d WHERE d.id = $1";
+	}
+	run(sql, 3, types, values, nulls, SPI_OK_SELECT);
+	merged = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											  1, &isnull));
+	check_options(publisher, publisher_name, merged);
+
+	types[1] = JSONBOID;
+	values[1] = JsonbPGetDatum(merged);
+	run("UPDATE outbox.destination SET options = $2 WHERE id = $1",
+		2, types, values, NULL, SPI_OK_UPDATE);
+	SPI_finish();
+	outbox_destinations_changed_at_commit(false);
+	PG_RETURN_VOID();
+}
+
+/*
  * outbox.drop_destination(name, force DEFAULT false): refuses while
  * deliveries to it are unfinished, unless force, which gives them up.
  */
@@ -475,7 +589,8 @@ outbox_unsubscribe(PG_FUNCTION_ARGS)
 /*
  * outbox.public_options(publisher, options): the options without the
  * secret ones (and without any the publisher does not declare, in case it
- * is not loaded here).
+ * is not loaded here, or that holds a URL with credentials, as 0.3.0 took
+ * them).
  */
 Datum
 outbox_public_options(PG_FUNCTION_ARGS)
@@ -489,20 +604,19 @@ outbox_public_options(PG_FUNCTION_ARGS)
 	JsonbIteratorToken token;
 	List	   *secret_keys = NIL;
 	ListCell   *lc;
+	char	   *key = NULL;
 
 	if (!JB_ROOT_IS_OBJECT(options) || JB_ROOT_IS_SCALAR(options))
 		PG_RETURN_NULL();
-	/* Read the keys first, then delete the secret ones from a copy. */
+	/* Read the options first, then delete the secret ones from a copy. */
 	it = JsonbIteratorInit(&options->root);
 	while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		if (token == WJB_KEY)
-		{
-			char	   *key = pnstrdup(v.val.string.val, v.val.string.len);
-
-			if (outbox_option_is_secret(publisher, key))
-				secret_keys = lappend(secret_keys, key);
-		}
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+		else if (token == WJB_VALUE && key != NULL &&
+				 outbox_option_is_secret(publisher, key, &v))
+			secret_keys = lappend(secret_keys, key);
 	}
 	foreach(lc, secret_keys)
 		result = DirectFunctionCall2(jsonb_delete, result,

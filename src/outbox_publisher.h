@@ -130,8 +130,9 @@ typedef struct OutboxOption
 	int64		max_value;
 
 	/*
-	 * Optional check of a value (a string option's text, or the text of an
-	 * integer's decimal value): NULL when fine, else a palloc'd reason.
+	 * Optional check of a value (a string option's text, the text of an
+	 * integer's decimal value, or an object's JSON text): NULL when fine,
+	 * else a palloc'd reason, which must not quote a secret value.
 	 */
 	char	   *(*check) (const char *value);
 } OutboxOption;
@@ -244,6 +245,33 @@ extern PGDLLEXPORT void OutboxPublisherBlockSignals(sigset_t *saved);
  * from _PG_init(), beside the setting's definition.
  */
 extern PGDLLEXPORT void OutboxPublisherKeepSecret(const char *setting);
+
+/*
+ * Whether value holds a URL with a user name or password in it
+ * ("scheme://user:password@host"), alone or in a comma-separated list.  A
+ * URL is never secret (outbox.destinations, pg_settings and error texts
+ * show it), so credentials must never be put in one.  With all_urls, the
+ * value is a URL or a list of them, and an entry without a scheme counts
+ * as a URL too ("user@host:4222"); without, only what follows a "://" is
+ * looked at, so that other text ("user@example.com") is left alone.
+ *
+ * outbox itself refuses such a value in every option of a destination that
+ * is not secret (with the hint to use the publisher's secret options), and
+ * a worker does not use a destination that holds one (stored by an older
+ * version); the check hook of a URL setting refuses it with
+ * OutboxCheckUrlSetting().
+ */
+extern PGDLLEXPORT bool OutboxUrlHasUserinfo(const char *value, bool all_urls);
+
+/*
+ * For the check hook of a setting holding a URL (or a list of them): true
+ * when value holds no user name nor password (OutboxUrlHasUserinfo() with
+ * all_urls); else false, with an error message that does not quote the
+ * value and the hint "Set <instead> instead." (the secret settings that
+ * take the credentials).
+ */
+extern PGDLLEXPORT bool OutboxCheckUrlSetting(const char *setting, const char *value,
+											  const char *instead);
 
 /*
  * Append len bytes of s to buf for an error text (last_error, the log):

@@ -276,8 +276,14 @@ redact_statement(ErrorData *edata, const char *word, const char *what)
 		NULL
 	};
 
+	/*
+	 * A statement log that mentions the word, or any logged while such a
+	 * statement runs: the plans auto_explain logs of the statements nested
+	 * in it may show their parameters' values.
+	 */
 	if (edata->message_id != NULL && edata->message != NULL &&
-		contains_ignoring_case(edata->message, word))
+		(contains_ignoring_case(edata->message, word) ||
+		 (debug_query_string != NULL && contains_ignoring_case(debug_query_string, word))))
 	{
 		const char *const *prefix;
 		bool		statement = false;
@@ -366,6 +372,72 @@ OutboxPublisherAppendPrintable(StringInfo buf, const char *s, int len, bool flat
 	}
 }
 
+/*
+ * Whether a value holds a URL with a user name or password.  Public API
+ * (outbox_publisher.h).  Each comma-separated entry is looked at: its
+ * authority follows "://" (or, with all_urls, starts the entry when it has
+ * no scheme) and ends at a path, query or fragment; an "@" in it ends a
+ * user name or password.
+ */
+bool
+OutboxUrlHasUserinfo(const char *value, bool all_urls)
+{
+	const char *entry = value;
+
+	for (;;)
+	{
+		size_t		len = strcspn(entry, ",");
+		const char *end = entry + len;
+		const char *authority = NULL;
+		const char *p;
+
+		for (p = entry; p + 3 <= end; p++)
+		{
+			if (strncmp(p, "://", 3) == 0)
+			{
+				authority = p + 3;
+				break;
+			}
+		}
+		if (authority == NULL && all_urls)
+			authority = entry;
+		/* Without all_urls, a later "://" of the same entry counts too. */
+		while (authority != NULL)
+		{
+			for (p = authority; p < end && strchr("/?#", *p) == NULL; p++)
+			{
+				if (*p == '@')
+					return true;
+			}
+			authority = NULL;
+			for (; p + 3 <= end && authority == NULL; p++)
+			{
+				if (strncmp(p, "://", 3) == 0)
+					authority = p + 3;
+			}
+		}
+		if (*end == '\0')
+			return false;
+		entry = end + 1;
+	}
+}
+
+/*
+ * The check of a URL setting against credentials in it.  Public API
+ * (outbox_publisher.h).  The message replaces PostgreSQL's, which would
+ * quote the value.
+ */
+bool
+OutboxCheckUrlSetting(const char *setting, const char *value, const char *instead)
+{
+	if (!OutboxUrlHasUserinfo(value, true))
+		return true;
+	GUC_check_errmsg("invalid value for parameter \"%s\" (not shown)", setting);
+	GUC_check_errdetail("The URL holds a user name or password, which would be shown to anyone who can read the setting.");
+	GUC_check_errhint("Set %s instead.", instead);
+	return false;
+}
+
 /* emit_log_hook: keep every registered secret out of the message. */
 static void
 redact_secrets(ErrorData *edata)
@@ -377,6 +449,7 @@ redact_secrets(ErrorData *edata)
 	/* Destinations' options may hold secrets. */
 	redact_statement(edata, "create_destination", "outbox.create_destination");
 	redact_statement(edata, "alter_destination", "outbox.alter_destination");
+	redact_statement(edata, "set_destination_secret", "outbox.set_destination_secret");
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }
@@ -590,14 +663,111 @@ static const OutboxPublisher *current_publisher = NULL;
 static const char *current_destination = "default";
 static Jsonb *current_options = NULL;
 
-/* Make the worker's destination the one the OutboxOption*() calls read. */
-void
+/* The names of a publisher's secret options, for a hint ("" when none). */
+static char *
+secret_option_names(const OutboxPublisher *publisher)
+{
+	StringInfoData names;
+	int			i;
+
+	initStringInfo(&names);
+	for (i = 0; i < publisher->noptions; i++)
+	{
+		if (publisher->options[i].secret)
+			appendStringInfo(&names, "%s%s", names.len > 0 ? ", " : "",
+							 publisher->options[i].name);
+	}
+	return names.data;
+}
+
+/*
+ * Whether an option's value holds a URL with a user name or password: an
+ * option that is not secret must not, since anyone who reads the
+ * destination's options sees it.
+ */
+static bool
+holds_credentials(const OutboxOption *option, JsonbValue *v)
+{
+	char	   *text;
+	bool		found;
+
+	if (option->secret || v->type != jbvString)
+		return false;
+	text = pnstrdup(v->val.string.val, v->val.string.len);
+	found = OutboxUrlHasUserinfo(text, false);
+	pfree(text);
+	return found;
+}
+
+/* Why a destination's options cannot be used; logged once. */
+static OutboxProblem stored_options_problem =
+	OUTBOX_PROBLEM_INIT(NULL, ERRCODE_INVALID_PARAMETER_VALUE);
+
+/*
+ * Make the worker's destination the one the OutboxOption*() calls read.
+ * Returns false, with the problem reported (as the publisher's, so that
+ * the worker's status shows it), when its options cannot be used: an
+ * option that is not secret holds a URL with credentials, as 0.3.0 took
+ * them.  The value is never shown; nothing connects with it.
+ */
+bool
 outbox_publisher_set_destination(const OutboxPublisher *publisher, const char *name,
 								 Jsonb *options)
 {
+	char	   *key = NULL;
+	char	   *bad = NULL;
+
 	current_publisher = publisher;
 	current_destination = name;
 	current_options = options;
+	if (options != NULL && JB_ROOT_IS_OBJECT(options) && !JB_ROOT_IS_SCALAR(options))
+	{
+		JsonbIterator *it = JsonbIteratorInit(&options->root);
+		JsonbValue	v;
+		JsonbIteratorToken token;
+
+		/* To the end, which frees the iterator. */
+		while ((token = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (token == WJB_KEY && bad == NULL)
+			{
+				if (key)
+					pfree(key);
+				key = pnstrdup(v.val.string.val, v.val.string.len);
+			}
+			else if (token == WJB_VALUE && key != NULL && bad == NULL)
+			{
+				int			i;
+
+				for (i = 0; i < publisher->noptions; i++)
+				{
+					if (strcmp(publisher->options[i].name, key) == 0 &&
+						holds_credentials(&publisher->options[i], &v))
+						bad = key;
+				}
+			}
+		}
+	}
+	if (bad != NULL)
+	{
+		char	   *secrets = secret_option_names(publisher);
+		char	   *text = psprintf("destination \"%s\" is not used: its option \"%s\" holds a URL with a user name or password",
+									name, bad);
+		char	   *hint = psprintf("Remove them from the URL with outbox.alter_destination(), and set the secret options (%s) with outbox.set_destination_secret().",
+									secrets);
+
+		/* Checked on every poll while it lasts: logged once. */
+		stored_options_problem.publisher = publisher->name;
+		OutboxPublisherReportProblem(&stored_options_problem, text, hint);
+		pfree(text);
+		pfree(hint);
+		pfree(secrets);
+	}
+	else
+		OutboxPublisherClearProblem(&stored_options_problem);
+	if (key)
+		pfree(key);
+	return bad == NULL;
 }
 
 /* The declaration of one of the current publisher's options, or an error. */
@@ -744,6 +914,23 @@ option_error(const OutboxPublisher *publisher, const OutboxOption *option,
 			 errdetail("%s", problem)));
 }
 
+/* The error of an option holding credentials, with the options to use. */
+static void
+credentials_error(const OutboxPublisher *publisher, const OutboxOption *option)
+{
+	char	   *secrets = secret_option_names(publisher);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid value for option \"%s\" of publisher \"%s\"",
+					option->name, publisher->name),
+			 errdetail("The value holds a URL with a user name or password, which would be shown to anyone who can read the destination's options."),
+			 secrets[0] != '\0' ?
+			 errhint("Put credentials in the secret options of publisher \"%s\" (%s), with outbox.set_destination_secret().",
+					 publisher->name, secrets) :
+			 errhint("Publisher \"%s\" takes no credentials.", publisher->name)));
+}
+
 /* Check one option's value against its declaration. */
 static void
 check_option_value(const OutboxPublisher *publisher, const OutboxOption *option,
@@ -757,6 +944,8 @@ check_option_value(const OutboxPublisher *publisher, const OutboxOption *option,
 		case OUTBOX_OPTION_STRING:
 			if (v->type != jbvString)
 				option_error(publisher, option, "The value must be a JSON string.");
+			if (holds_credentials(option, v))
+				credentials_error(publisher, option);
 			text = pnstrdup(v->val.string.val, v->val.string.len);
 			break;
 		case OUTBOX_OPTION_INTEGER:
@@ -814,6 +1003,8 @@ check_option_value(const OutboxPublisher *publisher, const OutboxOption *option,
 					if (h.value == NULL)
 						option_error(publisher, option, "The value must be a JSON object of strings.");
 				}
+				if (option->check != NULL)
+					text = JsonbToCString(NULL, &object->root, VARSIZE(object));
 			}
 			break;
 	}
@@ -894,16 +1085,22 @@ outbox_check_destination_options(const OutboxPublisher *publisher, Jsonb *option
 	}
 }
 
-/* Whether an option of a publisher is secret (unknown ones are, to be safe). */
+/*
+ * Whether an option's value of a publisher may not be shown: a secret
+ * option's (unknown options are taken for secret, to be safe), or one
+ * holding a URL with credentials (as 0.3.0 took them).
+ */
 bool
-outbox_option_is_secret(const OutboxPublisher *publisher, const char *name)
+outbox_option_is_secret(const OutboxPublisher *publisher, const char *name,
+						JsonbValue *value)
 {
 	int			i;
 
 	for (i = 0; publisher != NULL && i < publisher->noptions; i++)
 	{
 		if (strcmp(publisher->options[i].name, name) == 0)
-			return publisher->options[i].secret;
+			return publisher->options[i].secret ||
+				(value != NULL && holds_credentials(&publisher->options[i], value));
 	}
 	return true;
 }

@@ -28,10 +28,11 @@ extern const char *outbox_publisher_problem(const char *publisher, uint64 *gener
 extern void outbox_publisher_install_log_hook(void);
 
 /* Destinations' options (worker.c, destination.c). */
-extern void outbox_publisher_set_destination(const OutboxPublisher *publisher,
+extern bool outbox_publisher_set_destination(const OutboxPublisher *publisher,
 											 const char *name, Jsonb *options);
 extern void outbox_check_destination_options(const OutboxPublisher *publisher,
 											 Jsonb *options);
-extern bool outbox_option_is_secret(const OutboxPublisher *publisher, const char *name);
+extern bool outbox_option_is_secret(const OutboxPublisher *publisher, const char *name,
+									JsonbValue *value);
 
 #endif							/* OUTBOX_REGISTRY_H */

@@ -232,12 +232,16 @@ select_publisher(void)
 		}
 		publisher = NULL;
 	}
+	else if (!outbox_publisher_set_destination(wanted,
+											   destination ? destination->name : OUTBOX_DEFAULT_DESTINATION,
+											   destination ? destination->options : NULL))
+	{
+		/* Options it must not use (the problem is reported): not ready. */
+		publisher = wanted;
+	}
 	else
 	{
 		publisher = wanted;
-		outbox_publisher_set_destination(publisher,
-										 destination ? destination->name : OUTBOX_DEFAULT_DESTINATION,
-										 destination ? destination->options : NULL);
 		if (publisher->init)
 		{
 			if (publisher->in_transaction)
@@ -882,8 +886,14 @@ check_destination(void)
 	if (publisher && publisher_ready)
 	{
 		/* the options were read again: the publisher must use the new copy */
-		outbox_publisher_set_destination(publisher, destination->name, destination->options);
-		if (publisher->reload && version != destination_version)
+		if (!outbox_publisher_set_destination(publisher, destination->name, destination->options))
+		{
+			/* Options it must not use: stop it until they are fixed. */
+			publisher_ready = false;
+			if (publisher->shutdown)
+				publisher->shutdown();
+		}
+		else if (publisher->reload && version != destination_version)
 			publisher->reload();
 	}
 	destination_version = version;
@@ -989,7 +999,12 @@ relay_loop(void)
 								 more ? OUTBOX_WORKER_PUBLISHING : OUTBOX_WORKER_IDLE);
 				}
 				else
+				{
+					/* A publisher refusing its destination's options says why. */
+					if (publisher)
+						(void) publisher_problem();
 					report_state(OUTBOX_WORKER_FAILING);
+				}
 			}
 			error_backoff_ms = 0;
 		}

@@ -357,16 +357,10 @@ parse_server(const char *url, AmqpServer *server, bool use_malloc)
 
 	if (pg_strncasecmp(url, "amqp://", 7) != 0 && pg_strncasecmp(url, "amqps://", 8) != 0)
 		problem = "A server URL must start with amqp:// or amqps://.";
-	else
-	{
-		const char *authority = strstr(url, "//") + 2;
-		const char *end = authority + strcspn(authority, "/?#");
-
-		if (memchr(authority, '@', end - authority) != NULL)
-			problem = "A server URL must not contain a user name or password: use outbox.amqp_username and outbox.amqp_password (a destination's options username and password).";
-		else if (strpbrk(url, "?#") != NULL)
-			problem = "A server URL must not have a query or fragment part.";
-	}
+	else if (OutboxUrlHasUserinfo(url, true))
+		problem = "A server URL must not contain a user name or password: use outbox.amqp_username and outbox.amqp_password (a destination's options username and password).";
+	else if (strpbrk(url, "?#") != NULL)
+		problem = "A server URL must not have a query or fragment part.";
 	if (problem == NULL)
 	{
 		char	   *p;

@@ -62,6 +62,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -162,12 +163,16 @@ static const char *const signature_headers[] = {
 };
 
 /*
- * Check outbox.http_url: empty, or an http:// or https:// URL.  The value
- * is not secret, so it may appear in the error.
+ * Check outbox.http_url: empty, or an http:// or https:// URL without a
+ * user name or password (that value is never quoted; others may be: the
+ * URL is not secret).
  */
 static bool
 check_http_url(char **newval, void **extra, GucSource source)
 {
+	if (!OutboxCheckUrlSetting("outbox.http_url", *newval,
+							   "an Authorization header in the secret option headers of a destination"))
+		return false;
 	if (**newval == '\0' ||
 		pg_strncasecmp(*newval, "http://", 7) == 0 ||
 		pg_strncasecmp(*newval, "https://", 8) == 0)
@@ -217,22 +222,28 @@ bad_value_byte(const char *value, int len)
 	return -1;
 }
 
-/* Why a message header cannot be sent, or NULL when it can. */
+/*
+ * Why a header cannot be sent, or NULL when it can: a message's header, or
+ * one of the destination's own (whose names it in the text: "message
+ * header", "the destination's header").  The value is never quoted: a
+ * destination's headers are secret.  The same check refuses a
+ * destination's headers when they are set (headers_problem()).
+ */
 static char *
-header_problem(const char *name, int namelen, const char *value, int valuelen,
-			   bool signing)
+header_problem(const char *whose, const char *name, int namelen, const char *value,
+			   int valuelen, bool signing)
 {
 	StringInfoData buf;
 	int			i;
 
 	initStringInfo(&buf);
 	if (namelen == 0)
-		return pstrdup("a message header has an empty name, which HTTP cannot carry");
+		return psprintf("%s has an empty name, which HTTP cannot carry", whose);
 	for (i = 0; i < namelen; i++)
 	{
 		if (!is_token_char((unsigned char) name[i]))
 		{
-			appendStringInfoString(&buf, "message header name \"");
+			appendStringInfo(&buf, "%s name \"", whose);
 			OutboxPublisherAppendPrintable(&buf, name, Min(namelen, 100), false);
 			appendStringInfo(&buf, "\" is not a valid HTTP header name (invalid character at position %d)",
 							 i + 1);
@@ -243,7 +254,7 @@ header_problem(const char *name, int namelen, const char *value, int valuelen,
 		name_in(name, namelen, outbox_headers) ||
 		(signing && name_in(name, namelen, signature_headers)))
 	{
-		appendStringInfoString(&buf, "message header \"");
+		appendStringInfo(&buf, "%s \"", whose);
 		appendBinaryStringInfo(&buf, name, namelen);
 		appendStringInfoString(&buf, "\" cannot be sent: the http publisher sets it itself");
 		return buf.data;
@@ -251,7 +262,7 @@ header_problem(const char *name, int namelen, const char *value, int valuelen,
 	i = bad_value_byte(value, valuelen);
 	if (i >= 0)
 	{
-		appendStringInfoString(&buf, "value of message header \"");
+		appendStringInfo(&buf, "value of %s \"", whose);
 		appendBinaryStringInfo(&buf, name, namelen);
 		appendStringInfo(&buf, "\" contains the control character \\x%02x, which HTTP cannot carry",
 						 (unsigned char) value[i]);
@@ -259,6 +270,37 @@ header_problem(const char *name, int namelen, const char *value, int valuelen,
 	}
 	pfree(buf.data);
 	return NULL;
+}
+
+/*
+ * The check of a destination's headers (the option's JSON text, an object
+ * of strings): each one a header the publisher may send whatever the
+ * message, so that a bad one is refused when it is set rather than
+ * failing every message.  Those that only the signing secret or a
+ * CloudEvents format rules out are checked when a message is sent.
+ */
+static char *
+headers_problem(const char *value)
+{
+	Jsonb	   *headers = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(value)));
+	OutboxHeaderIterator it;
+	OutboxHeader h;
+	char	   *problem = NULL;
+
+	OutboxHeadersBegin(&it, headers);
+	while (problem == NULL && OutboxHeadersNext(&it, &h))
+	{
+		problem = header_problem("header", h.name, h.name_len, h.value, h.value_len, false);
+		if (problem != NULL)
+			problem[0] = (char) pg_toupper((unsigned char) problem[0]);
+	}
+	if (problem != NULL)
+	{
+		/* Drain the iterator, which frees it. */
+		while (OutboxHeadersNext(&it, &h))
+			;
+	}
+	return problem ? psprintf("%s.", problem) : NULL;
 }
 
 /* Whether a value has no content but optional whitespace. */
@@ -682,7 +724,8 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 							   h.name_len, h.name);
 			break;
 		}
-		problem = header_problem(h.name, h.name_len, h.value, h.value_len, signing);
+		problem = header_problem("message header", h.name, h.name_len, h.value, h.value_len,
+								 signing);
 		if (problem == NULL)
 			problem = format_header_problem(&h, "message header");
 		if (problem)
@@ -713,7 +756,8 @@ prepare_request(HttpRequest *r, const OutboxMessage *m, OutboxPublishResult *res
 		OutboxHeadersBegin(&it, cfg.headers);
 		while (problem == NULL && OutboxHeadersNext(&it, &h))
 		{
-			problem = header_problem(h.name, h.name_len, h.value, h.value_len, signing);
+			problem = header_problem("the destination's header", h.name, h.name_len,
+									 h.value, h.value_len, signing);
 			if (problem == NULL && cfg.format != OUTBOX_FORMAT_RAW &&
 				OutboxHeaderNameIs(&h, "content-type"))
 				problem = pstrdup("the destination's header \"Content-Type\" cannot be sent: with a CloudEvents format the publisher sets it");
@@ -1109,7 +1153,8 @@ static const OutboxOption http_options[] = {
 	.setting = "outbox.http_max_concurrency", .min_value = 1, .max_value = 1000},
 	{.name = "signing_secret", .type = OUTBOX_OPTION_STRING,
 	.setting = "outbox.http_signing_secret", .secret = true},
-	{.name = "headers", .type = OUTBOX_OPTION_OBJECT, .secret = true},
+	{.name = "headers", .type = OUTBOX_OPTION_OBJECT, .secret = true,
+	.check = headers_problem},
 	{.name = "ca_file", .type = OUTBOX_OPTION_STRING, .setting = "outbox.http_ca_file"},
 	OUTBOX_FORMAT_OPTIONS("outbox.http_format"),
 };

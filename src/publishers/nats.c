@@ -42,8 +42,8 @@
  * whenever it waits.  The connection is made in a thread of its own too,
  * so that a slow or unreachable server never blocks the worker; it is
  * kept across batches, reconnects by itself (forever, to any server of
- * the list or of the cluster), and is rebuilt when outbox.nats_url or
- * outbox.nats_credentials change.  While it is not connected, batches are
+ * the list or of the cluster), and is rebuilt when outbox.nats_url or the
+ * credentials (outbox.nats_credentials, _user, _password, _token) change.  While it is not connected, batches are
  * left pending (SKIPPED) and the problem is logged once.
  *
  * Copyright (c) 2026, the outbox developers
@@ -97,6 +97,9 @@ void		_PG_init(void);
 static char *setting_url = NULL;
 static char *setting_subject = NULL;
 static char *setting_credentials = NULL;
+static char *setting_user = NULL;
+static char *setting_password = NULL;
+static char *setting_token = NULL;
 static int	setting_max_pending = 256;
 static int	setting_timeout = 5000;
 
@@ -104,6 +107,9 @@ static int	setting_timeout = 5000;
 static char *nats_url = "";
 static char *nats_subject = "{topic}";
 static char *nats_credentials = "";
+static char *nats_user = "";
+static char *nats_password = "";
+static char *nats_token = "";
 static int	nats_max_pending = 256;
 static int	nats_timeout = 5000;
 static OutboxFormat nats_format = OUTBOX_FORMAT_RAW;
@@ -277,13 +283,18 @@ subject_for(const char *template, const char *topic)
 
 /*
  * Check outbox.nats_url: a comma-separated list of server URLs, none of
- * them empty or with whitespace in it.
+ * them empty or with whitespace in it, nor with a user name, password or
+ * token (that value is never quoted).
  */
 static bool
 check_nats_url(char **newval, void **extra, GucSource source)
 {
 	const char *p = *newval;
 	bool		empty = true;
+
+	if (!OutboxCheckUrlSetting("outbox.nats_url", *newval,
+							   "outbox.nats_user and outbox.nats_password, or outbox.nats_token,"))
+		return false;
 
 	for (; *p; p++)
 	{
@@ -327,12 +338,16 @@ check_nats_subject(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* Why a server list is not one, or NULL. */
+/* Why a server list is not one, or NULL (never quoting it). */
 static char *
 url_list_problem(const char *value)
 {
 	const char *p = value;
 	bool		empty = true;
+
+	/* Also a server given without a scheme, which libnats takes. */
+	if (OutboxUrlHasUserinfo(value, true))
+		return pstrdup("A server URL must not hold a user name, password or token: set the secret options user and password, or token.");
 
 	for (; *p; p++)
 	{
@@ -381,6 +396,9 @@ read_config(void)
 	nats_url = OutboxOptionString("url");
 	nats_subject = OutboxOptionString("subject");
 	nats_credentials = OutboxOptionString("credentials");
+	nats_user = OutboxOptionString("user");
+	nats_password = OutboxOptionString("password");
+	nats_token = OutboxOptionString("token");
 	nats_max_pending = (int) OutboxOptionInteger("max_pending");
 	nats_timeout = (int) OutboxOptionInteger("timeout");
 	nats_format = OutboxOptionFormat(&nats_source);
@@ -644,6 +662,17 @@ check_nats(natsStatus s, const char *what)
 }
 
 /*
+ * The credentials a connection is made with, as one palloc'd string (kept
+ * as built_credentials, to notice a change): the credentials file, the
+ * user name, the password and the token.
+ */
+static char *
+connection_credentials(void)
+{
+	return psprintf("%s\n%s\n%s\n%s", nats_credentials, nats_user, nats_password, nats_token);
+}
+
+/*
  * Start connecting to outbox.nats_url in a thread, with the options for
  * reconnecting forever.  Returns false, with the problem reported, when
  * the settings make it impossible.
@@ -663,6 +692,13 @@ start_connecting(void)
 
 	Assert(connect_job == NULL && conn == NULL);
 
+	/* A server list stored with credentials in it is not used (nor shown). */
+	if (OutboxUrlHasUserinfo(nats_url, true))
+	{
+		OutboxPublisherReportProblem(&connection_problem, "the server list holds a user name, password or token, so it is not used",
+									 "Remove them from the URL, and set the secret options user and password, or token (outbox.nats_user, outbox.nats_password, outbox.nats_token).");
+		return false;
+	}
 	if (nats_credentials[0] != '\0' && access(nats_credentials, R_OK) != 0)
 	{
 		OutboxPublisherReportProblem(&connection_problem, psprintf("cannot read the credentials file \"%s\": %m", nats_credentials),
@@ -736,6 +772,11 @@ start_connecting(void)
 		if (nats_credentials[0] != '\0')
 			check_nats(natsOptions_SetUserCredentialsFromFiles(opts, nats_credentials, NULL),
 					   "the credentials file");
+		if (nats_user[0] != '\0' || nats_password[0] != '\0')
+			check_nats(natsOptions_SetUserInfo(opts, nats_user, nats_password),
+					   "the user name and password");
+		if (nats_token[0] != '\0')
+			check_nats(natsOptions_SetToken(opts, nats_token), "the token");
 	}
 	PG_CATCH();
 	{
@@ -767,7 +808,7 @@ start_connecting(void)
 	}
 	connect_job = job;
 	built_url = MemoryContextStrdup(TopMemoryContext, nats_url);
-	built_credentials = MemoryContextStrdup(TopMemoryContext, nats_credentials);
+	built_credentials = MemoryContextStrdup(TopMemoryContext, connection_credentials());
 	pfree(servers);
 	pfree(list);
 	return true;
@@ -1394,11 +1435,16 @@ nats_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *result
 static void
 nats_reload(void)
 {
+	char	   *credentials;
+	bool		changed;
+
 	read_config();
 	if (conn == NULL && connect_job == NULL)
 		return;
-	if (strcmp(built_url, nats_url) != 0 ||
-		strcmp(built_credentials, nats_credentials) != 0)
+	credentials = connection_credentials();
+	changed = strcmp(built_url, nats_url) != 0 || strcmp(built_credentials, credentials) != 0;
+	pfree(credentials);
+	if (changed)
 	{
 		ereport(LOG,
 				(errmsg("outbox nats publisher: reconnecting with the new settings")));
@@ -1421,6 +1467,12 @@ static const OutboxOption nats_options[] = {
 	{.name = "subject", .type = OUTBOX_OPTION_STRING, .setting = "outbox.nats_subject",
 	.check = subject_template_problem},
 	{.name = "credentials", .type = OUTBOX_OPTION_STRING, .setting = "outbox.nats_credentials",
+	.secret = true},
+	{.name = "user", .type = OUTBOX_OPTION_STRING, .setting = "outbox.nats_user",
+	.secret = true},
+	{.name = "password", .type = OUTBOX_OPTION_STRING, .setting = "outbox.nats_password",
+	.secret = true},
+	{.name = "token", .type = OUTBOX_OPTION_STRING, .setting = "outbox.nats_token",
 	.secret = true},
 	{.name = "max_pending", .type = OUTBOX_OPTION_INTEGER, .setting = "outbox.nats_max_pending",
 	.min_value = 1, .max_value = 65536},
@@ -1478,6 +1530,35 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
+
+	/* Credentials: never in the URL, which anyone may read. */
+	DefineCustomStringVariable("outbox.nats_user",
+							   "User name for connecting to NATS (with outbox.nats_password); empty for none.",
+							   NULL,
+							   &setting_user,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("outbox.nats_password",
+							   "Password for connecting to NATS (with outbox.nats_user); empty for none.",
+							   NULL,
+							   &setting_password,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("outbox.nats_token",
+							   "Token for connecting to NATS; empty for none.",
+							   NULL,
+							   &setting_token,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
+	OutboxPublisherKeepSecret("outbox.nats_user");
+	OutboxPublisherKeepSecret("outbox.nats_password");
+	OutboxPublisherKeepSecret("outbox.nats_token");
 
 	DefineCustomIntVariable("outbox.nats_max_pending",
 							"Most JetStream publications waiting for their PubAck at once.",

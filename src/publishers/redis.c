@@ -305,7 +305,7 @@ parse_url(const char *url, RedisTarget *target)
 	if (pg_strncasecmp(url, "redis://", 8) != 0)
 		return "The URL must start with redis://.";
 	p = url + 8;
-	if (strchr(p, '@') != NULL)
+	if (OutboxUrlHasUserinfo(url, true))
 		return "The URL must not contain a user name or password: use outbox.redis_username and outbox.redis_password.";
 	if (strpbrk(p, "?#") != NULL)
 		return "The URL must not have a query or fragment part.";

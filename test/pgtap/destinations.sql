@@ -58,7 +58,7 @@ BEGIN
 END $$;
 
 BEGIN;
-SELECT plan(254);
+SELECT plan(291);
 
 -- outcome(sql): 'ok', or the SQLSTATE sql failed with; an error that left
 -- a destination, a subscription or a message changed says so.
@@ -420,6 +420,109 @@ SELECT is(pg_temp.outcome($$SELECT outbox.alter_destination('pgtap_hooks', NULL)
 SELECT is((SELECT options ->> 'url' FROM outbox.destination WHERE name = 'pgtap_hooks'), 'http://127.0.0.1:1/hooks/{topic}',
           'the failed alters changed nothing');
 
+-- ================================================================ credentials, secrets, static headers (0.3.1)
+
+-- error_of(sql): 'SQLSTATE: message | detail | hint' of the error sql raises,
+-- or 'ok'.
+CREATE FUNCTION pg_temp.error_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    st text; msg text; det text; hin text;
+BEGIN
+    EXECUTE sql;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
+                            hin = PG_EXCEPTION_HINT;
+    RETURN st || ': ' || msg || ' | ' || coalesce(det, '') || ' | ' || coalesce(hin, '');
+END
+$$;
+
+-- A URL is never secret: credentials in one are refused, with a hint.
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_x', 'http', '{"url": "https://alice:hunter2@h/x"}')$$),
+          '22023', 'an http URL with a user name and password: 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_x', 'http', '{"url": "http://tok3n@h/x"}')$$),
+          '22023', 'an http URL with a user name (a token) only: 22023');
+SELECT is(pg_temp.error_of($$SELECT outbox.create_destination('pgtap_x', 'http', '{"url": "https://alice:hunter2@h/x"}')$$),
+          '22023: invalid value for option "url" of publisher "http" | The value holds a URL with a user name or password, which would be shown to anyone who can read the destination''s options. | Put credentials in the secret options of publisher "http" (signing_secret, headers), with outbox.set_destination_secret().',
+          'the error names the option, says why without quoting the URL, and the hint names the secret options');
+SELECT is(pg_temp.outcome($$SELECT outbox.alter_destination('pgtap_hooks', '{"url": "http://u:p@127.0.0.1:1/hooks"}')$$),
+          '22023', 'alter_destination refuses one too: 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_x', 'http', '{"url": "http://h/x?next=http://u:p@evil/"}')$$),
+          '22023', 'also a URL with credentials further in the value: 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_x', 'http', '{"url": "http://h/a@b?c=d@e"}')$$),
+          'ok', 'an "@" in the path or query is no user name');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_y', 'notify', '{"channel": "mail@example"}')$$),
+          'ok', 'nor in an option that is not a URL');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_z', 'http', '{"url": "http://h/", "signing_secret": "http://u:p@h"}')$$),
+          'ok', 'a secret option may hold anything');
+
+-- A destination stored with credentials in a URL (as 0.3.0 took it): the
+-- view leaves that option out.
+UPDATE outbox.destination SET options = options || '{"url": "http://alice:hunter2@127.0.0.1:1/old"}' WHERE name = 'pgtap_x';
+SELECT is((SELECT options::text FROM outbox.destinations WHERE name = 'pgtap_x'), '{}',
+          'outbox.destinations leaves out a stored URL that holds credentials');
+
+-- Static headers HTTP cannot carry are refused when set, not at every message.
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_w', 'http', '{"url": "http://h/", "headers": {"Bad Name": "x"}}')$$),
+          '22023', 'a static header with an invalid name: 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_w', 'http', '{"url": "http://h/", "headers": {"X-A\r\nX-B": "x"}}')$$),
+          '22023', 'a static header name with CR/LF: 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_w', 'http', '{"url": "http://h/", "headers": {"Authorization": "Bearer hunter2\r\nX-Evil: 1"}}')$$),
+          '22023', 'a static header value with CR/LF: 22023');
+SELECT is(pg_temp.error_of($$SELECT outbox.create_destination('pgtap_w', 'http', '{"url": "http://h/", "headers": {"Authorization": "Bearer hunter2\nX-Evil: 1"}}')$$),
+          '22023: invalid value for option "headers" of publisher "http" | Value of header "Authorization" contains the control character \x0a, which HTTP cannot carry. | ',
+          'the error names the header without quoting its value');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_w', 'http', '{"url": "http://h/", "headers": {"host": "evil"}}')$$),
+          '22023', 'a static Host header: 22023');
+SELECT is(pg_temp.error_of($$SELECT outbox.create_destination('pgtap_w', 'http', '{"url": "http://h/", "headers": {"Content-Length": "1"}}')$$),
+          '22023: invalid value for option "headers" of publisher "http" | Header "Content-Length" cannot be sent: the http publisher sets it itself. | ',
+          'a static Content-Length header: 22023, saying why');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_w', 'http', '{"url": "http://h/", "headers": {"Transfer-Encoding": "chunked"}}')$$),
+          '22023', 'a static Transfer-Encoding header: 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_w', 'http', '{"url": "http://h/", "headers": {"Outbox-Id": "x"}}')$$),
+          '22023', 'a static Outbox-Id header (the publisher sets it): 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.alter_destination('pgtap_hooks', '{"headers": {"Connection": "close"}}')$$),
+          '22023', 'alter_destination refuses them too: 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.create_destination('pgtap_w', 'http', '{"url": "http://h/", "headers": {"Authorization": "Bearer t", "X-Empty": "", "X-Tab": "a\tb"}}')$$),
+          'ok', 'headers HTTP carries are accepted (an empty value, a tab)');
+
+-- set_destination_secret(name, option, value): one secret option, its value
+-- bound or read by the server, never in statement text.
+SELECT is(pg_temp.outcome($$SELECT outbox.set_destination_secret('pgtap_hooks', 'signing_secret', 'whsec_bmV3LXNlY3JldA==')$$),
+          'ok', 'set_destination_secret sets a secret option');
+SELECT is((SELECT options ->> 'signing_secret' FROM outbox.destination WHERE name = 'pgtap_hooks'), 'whsec_bmV3LXNlY3JldA==',
+          'and stores it as a string');
+SELECT is(pg_temp.outcome($$SELECT outbox.set_destination_secret('pgtap_hooks', 'headers', '{"Authorization": "Bearer b"}')$$),
+          'ok', 'an object option takes the object''s JSON text');
+SELECT is((SELECT options -> 'headers' FROM outbox.destination WHERE name = 'pgtap_hooks'), '{"Authorization": "Bearer b"}'::jsonb,
+          'and stores the object');
+SELECT is(pg_temp.outcome($$SELECT outbox.set_destination_secret('pgtap_hooks', 'signing_secret', NULL)$$),
+          'ok', 'a NULL value');
+SELECT is((SELECT options ? 'signing_secret' FROM outbox.destination WHERE name = 'pgtap_hooks'), false,
+          'removes the option');
+SELECT is(pg_temp.outcome($$SELECT outbox.set_destination_secret('pgtap_hooks', 'url', 'http://h/')$$),
+          '22023', 'an option that is not secret: 22023');
+SELECT is(pg_temp.error_of($$SELECT outbox.set_destination_secret('pgtap_hooks', 'timeout', '1s')$$),
+          '22023: publisher "http" has no secret option "timeout" | The secret options of publisher "http" are: signing_secret, headers. | Set other options with outbox.alter_destination().',
+          'the error names the secret options');
+SELECT is(pg_temp.outcome($$SELECT outbox.set_destination_secret('pgtap_hooks', 'bogus', 'x')$$),
+          '22023', 'an unknown option: 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.set_destination_secret('pgtap_relay', 'password', 'x')$$),
+          '22023', 'an external destination has no secret options: 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.set_destination_secret('pgtap_nope', 'signing_secret', 'x')$$),
+          '42704', 'an unknown destination: 42704');
+SELECT is(pg_temp.outcome($$SELECT outbox.set_destination_secret(NULL, 'signing_secret', 'x')$$),
+          '22004', 'a NULL name: 22004');
+SELECT is(pg_temp.error_of($$SELECT outbox.set_destination_secret('pgtap_hooks', 'headers', '{"Authorization": hunter2}')$$),
+          '22023: invalid value for option "headers" of publisher "http" | The value must be the JSON text of an object of strings. | ',
+          'headers that are not JSON: 22023, without quoting them');
+SELECT is(pg_temp.outcome($$SELECT outbox.set_destination_secret('pgtap_hooks', 'headers', '{"a": "\u0000"}')$$),
+          '22023', 'nor a NUL escape that jsonb would quote in its error: 22023');
+SELECT is(pg_temp.outcome($$SELECT outbox.set_destination_secret('pgtap_hooks', 'headers', '{"Host": "h"}')$$),
+          '22023', 'static headers set this way are checked too: 22023');
+SELECT is((SELECT options -> 'headers' FROM outbox.destination WHERE name = 'pgtap_hooks'), '{"Authorization": "Bearer b"}'::jsonb,
+          'the failed calls changed nothing');
+
 -- ================================================================ pause, resume, state
 
 SELECT is(pg_temp.outcome($$SELECT outbox.pause_destination('pgtap_hooks')$$), 'ok', 'pause_destination');
@@ -516,6 +619,11 @@ SELECT is(pg_temp.as_role('pgtap_dst_user', $$SELECT outbox.alter_destination('p
           'a non-superuser with EXECUTE cannot alter a destination: 42501');
 SELECT is(pg_temp.as_role('pgtap_dst_user', $$SELECT outbox.drop_destination('pgtap_plain')$$), '42501',
           'nor drop one: 42501');
+SELECT is(pg_temp.as_role('pgtap_dst_user', $$SELECT outbox.set_destination_secret('pgtap_hooks', 'signing_secret', 'x')$$), '42501',
+          'a role without EXECUTE cannot set a secret: 42501');
+GRANT EXECUTE ON FUNCTION outbox.set_destination_secret(text, text, text) TO pgtap_dst_user;
+SELECT is(pg_temp.error_as('pgtap_dst_user', $$SELECT outbox.set_destination_secret('pgtap_hooks', 'signing_secret', 'x')$$),
+          '42501: permission denied to set a secret of an outbox destination', 'nor a non-superuser with EXECUTE: 42501');
 SELECT is(pg_temp.as_role('pgtap_dst_user', $$SELECT outbox.pause_destination('pgtap_hooks')$$), '42501',
           'a role without EXECUTE on pause_destination cannot pause: 42501');
 

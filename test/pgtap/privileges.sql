@@ -91,7 +91,8 @@ SELECT is((SELECT array_agg(f ORDER BY f) FROM unnest(ARRAY[
                'outbox.topic_matches(text, text)', 'outbox.public_options(text, jsonb)',
                'outbox.destination_position(integer)', 'outbox.fetch_pending(integer, text)',
                'outbox.mark_processed_for(uuid[], text)', 'outbox.mark_failed(uuid, text, text)',
-               'outbox.retry_failed(uuid[], text)', 'outbox.route()']) f
+               'outbox.retry_failed(uuid[], text)', 'outbox.route()',
+               'outbox.set_destination_secret(text, text, text)']) f
            WHERE has_function_privilege('outbox_pgtap_nobody', f, 'EXECUTE')),
           NULL, 'PUBLIC can execute none of the destination functions nor the route trigger''s');
 SELECT is(pg_temp.as_role('outbox_pgtap_nobody', $$SELECT * FROM outbox.destinations$$), '42501',

@@ -214,7 +214,8 @@ SELECT results_eq(
                                      'outbox.unsubscribe(text, text)'::regprocedure,
                                      'outbox.topic_matches(text, text)'::regprocedure,
                                      'outbox.public_options(text, jsonb)'::regprocedure,
-                                     'outbox.destination_position(integer)'::regprocedure)
+                                     'outbox.destination_position(integer)'::regprocedure,
+                                     'outbox.set_destination_secret(text, text, text)'::regprocedure)
       ORDER BY 1$$,
     $$VALUES ('alter_destination'::text, 'name text, options jsonb'::text, 'void'::text, 'v'::text, false),
              ('create_destination', 'name text, publisher text, options jsonb DEFAULT ''{}''::jsonb', 'void', 'v', false),
@@ -223,6 +224,7 @@ SELECT results_eq(
              ('pause_destination', 'name text', 'void', 'v', false),
              ('public_options', 'publisher text, options jsonb', 'jsonb', 's', true),
              ('resume_destination', 'name text', 'void', 'v', false),
+             ('set_destination_secret', 'name text, option text, value text', 'void', 'v', false),
              ('subscribe', 'destination text, topic_pattern text', 'void', 'v', false),
              ('topic_matches', 'topic text, topic_pattern text', 'boolean', 'i', true),
              ('unsubscribe', 'destination text, topic_pattern text', 'void', 'v', false)$$,

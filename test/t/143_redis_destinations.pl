@@ -47,7 +47,7 @@ sub entries_of
 OutboxDestinations::bad_options($node, 'redis', 'streams',
 	[ q{"url": "http://127.0.0.1:6379"}, 'url', qr/must start with redis:\/\// ],
 	[ q{"url": "rediss://127.0.0.1:6379"}, 'url', qr/TLS \(rediss:\/\/\) is not available/ ],
-	[ q{"url": "redis://user:hunter2@127.0.0.1"}, 'url', qr/must not contain a user name or password/ ],
+	[ q{"url": "redis://user:hunter2@127.0.0.1"}, 'url', qr/holds a URL with a user name or password/ ],
 	[ q{"url": "redis://127.0.0.1:6379/x"}, 'url', qr/must be a database number/ ],
 	[ q{"stream": ""}, 'stream', qr/must not be empty/ ],
 	[ q{"maxlen": -1}, 'maxlen', qr/between 0 and/ ],

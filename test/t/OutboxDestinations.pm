@@ -138,6 +138,26 @@ sub not_logged
 	return;
 }
 
+=item secrets_not_logged($node, $offset, @secrets)
+
+Mark the end of the test with a statement, wait until the server log has
+it, and ok() when none of @secrets is in the log since $offset (else
+diag() the lines that hold one).  Returns that part of the log.
+
+=cut
+
+sub secrets_not_logged
+{
+	my ($node, $offset, @secrets) = @_;
+	$node->safe_psql('postgres', q{SELECT 'end of the secrets test'});
+	OutboxTest::wait_for_log_line($node, qr/end of the secrets test/, $offset);
+	my $log = OutboxTest::log_content($node, $offset);
+	my @leaked = grep { index($log, $_) >= 0 } @secrets;
+	is(scalar @leaked, 0, sprintf('none of the %d secrets is in the server log', scalar @secrets))
+	  or diag("leaked: @leaked\n" . join("\n", grep { my $l = $_; grep { index($l, $_) >= 0 } @leaked } split /\n/, $log));
+	return $log;
+}
+
 =item cloudevents($node, $publisher, %options)
 
 Create the destinations ce_bin and ce_str of $publisher (their options:

@@ -92,7 +92,9 @@ sub require_nats
 
 Start nats-server with JetStream on a free loopback port, with a store
 directory of its own, and wait until it accepts connections.  Options:
-cluster => { name => ..., port => this server's route port, routes => [ports] }.
+cluster => { name => ..., port => this server's route port, routes => [ports] };
+authorization => { user => ..., password => ... }, which clients must give
+(the helper: in its URL, nats://user:password@host:port).
 
 =cut
 
@@ -106,6 +108,7 @@ sub start
 		port => PostgreSQL::Test::Cluster::get_free_port(),
 		http_port => PostgreSQL::Test::Cluster::get_free_port(),
 		cluster => $opt{cluster},
+		authorization => $opt{authorization},
 		log => "$PostgreSQL::Test::Utils::log_path/nats_$name.log",
 	}, $class;
 	$self->write_config;
@@ -164,6 +167,14 @@ jetstream {
   name: "$c->{name}"
   listen: "127.0.0.1:$c->{port}"
   routes: [ $routes ]
+}
+};
+	}
+	if (my $a = $self->{authorization})
+	{
+		$conf .= qq{authorization {
+  user: "$a->{user}"
+  password: "$a->{password}"
 }
 };
 	}
