@@ -381,11 +381,12 @@ outbox_set_destination_secret(PG_FUNCTION_ARGS)
 	int32		id;
 	bool		isnull;
 	Jsonb	   *merged;
+	int			guc_level;
 
 	hide_statement_arguments("set_destination_secret");
 	require_superuser("set a secret of an outbox destination");
 
-	management_connect();
+	guc_level = management_connect();
 	id = lock_destination(name, &publisher_name);
 	publisher = destination_publisher(publisher_name);
 	option = secret_option(publisher, publisher_name, option_name);
@@ -432,7 +433,7 @@ outbox_set_destination_secret(PG_FUNCTION_ARGS)
 	values[1] = JsonbPGetDatum(merged);
 	run("UPDATE outbox.destination SET options = $2 WHERE id = $1",
 		2, types, values, NULL, SPI_OK_UPDATE);
-	SPI_finish();
+	management_finish(guc_level);
 	outbox_destinations_changed_at_commit(false);
 	PG_RETURN_VOID();
 }

@@ -10,8 +10,8 @@
 #
 #  1. the function publisher's call of the destination's function, after a
 #     worker restart (pause and resume of the destination);
-#  2. create_destination, alter_destination and drop_destination, called
-#     by a superuser connected to the database;
+#  2. create_destination, alter_destination, set_destination_secret and
+#     drop_destination, called by a superuser connected to the database;
 #  3. replacing the destination's function: the owner may drop what is in
 #     a schema it owns and create a function of the same name;
 #  4. an unqualified function name, resolved through a schema named like
@@ -151,8 +151,11 @@ SELECT outbox.create_destination('other', 'function', '{"function": "app.deliver
 SELECT outbox.alter_destination('other', '{"function": "app.deliver", "batch_size": null}');
 SELECT outbox.drop_destination('other');
 SELECT outbox.alter_destination('fn', '{"function": "app.deliver"}');
+SELECT outbox.create_destination('hook', 'http', '{"url": "http://127.0.0.1:9/{topic}"}');
+SELECT outbox.set_destination_secret('hook', 'headers', '{"Authorization": "Bearer t"}');
+SELECT outbox.drop_destination('hook');
 });
-no_escalation('create, alter and drop_destination');
+no_escalation('create, alter, set_destination_secret and drop_destination');
 
 ########################################################################
 # 3. The owner replaces the function: it runs as the owner, not as the
