@@ -28,7 +28,7 @@
 #                       runner is killed (default 1200; 0 = no limit)
 #   OUTBOX_REQUIRE_BROKERS  if set, the broker publishers' TAP tests (110_kafka,
 #                       120/121_nats, 122_publisher_lifecycle, 130-133_amqp,
-#                       140-143_redis) fail instead of
+#                       140-144_redis) fail instead of
 #                       skipping when a plug-in (outbox_kafka, outbox_nats,
 #                       outbox_amqp, outbox_redis), its test helper or its server
 #                       (nats-server, rabbitmq-server, redis-server) is missing;

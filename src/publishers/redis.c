@@ -60,11 +60,15 @@
  *
  * I/O is non-blocking: commands of a batch are pipelined on one kept
  * connection, and the worker waits for the socket with
- * OutboxPublisherWait().  Host names are resolved in a thread of its own
- * (getaddrinfo blocks), with PostgreSQL's signals blocked.  While Redis
- * cannot be reached (or refuses the credentials, or is loading its data)
- * batches stay pending (SKIPPED), the problem is logged once, and
- * connecting is tried again with a backoff from 250 ms to 10 s.
+ * OutboxPublisherWait().  When an ERROR cuts a conversation short (a
+ * cancel of the worker, during the handshake or while a batch's replies
+ * are due), the connection is not used again: the next batch connects
+ * anew, so no reply is ever taken for another command's.  Host names
+ * are resolved in a thread of its own (getaddrinfo blocks), with
+ * PostgreSQL's signals blocked.  While Redis cannot be reached (or
+ * refuses the credentials, or is loading its data) batches stay pending
+ * (SKIPPED), the problem is logged once, and connecting is tried again
+ * with a backoff from 250 ms to 10 s.
  *
  * hiredis 0.14 (Debian 12) has no TLS: rediss:// URLs are refused.
  *
@@ -252,9 +256,17 @@ typedef struct ResolveJob
 static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
 static int	wake_fds[2] = {-1, -1};
 
-/* The connection, kept across batches. */
+/*
+ * The connection, kept across batches.  in_conversation is set while
+ * commands are buffered or their replies outstanding (the handshake's, a
+ * batch's), and cleared once every reply was read: an ERROR thrown out of
+ * a wait (a cancel, a timeout) leaves it set, and ensure_connected()
+ * starts over rather than read that conversation's replies as the next
+ * one's.
+ */
 static redisContext *rc = NULL;
 static char script_sha[41];
+static bool in_conversation = false;
 static char *built_fingerprint = NULL;
 static int64 next_connect_at = 0;
 static int	backoff_ms = 0;
@@ -618,6 +630,19 @@ disconnect(void)
 		redisFree(rc);
 	rc = NULL;
 	script_sha[0] = '\0';
+	in_conversation = false;
+}
+
+/*
+ * Whether the kept connection can carry a batch: its handshake loaded the
+ * script, and its last conversation ended with nothing left to send and
+ * every reply read.
+ */
+static bool
+connection_usable(void)
+{
+	return rc != NULL && rc->err == 0 && !in_conversation && script_sha[0] != '\0' &&
+		sdslen(rc->obuf) == 0 && rc->reader->pos == rc->reader->len;
 }
 
 /* The text of a connection error of hiredis. */
@@ -753,6 +778,7 @@ converse(int n, void (*on_reply) (int i, redisReply *reply, void *arg), void *ar
 			last_progress = OutboxPublisherNowMs();
 		}
 	}
+	in_conversation = false;
 	return NULL;
 }
 
@@ -823,6 +849,12 @@ ensure_connected(void)
 	int			n = 0;
 	int			i;
 
+	if (rc != NULL && !connection_usable())
+	{
+		ereport(LOG,
+				(errmsg("outbox redis publisher: reconnecting, the last conversation with Redis was interrupted")));
+		disconnect();
+	}
 	if (rc != NULL)
 		return true;
 	if (OutboxPublisherNowMs() < next_connect_at)
@@ -878,6 +910,7 @@ ensure_connected(void)
 				 errmsg("out of memory")));
 	}
 	rc->flags &= ~REDIS_BLOCK;
+	in_conversation = true;
 
 	/* AUTH [user] password, SELECT n, SCRIPT LOAD, pipelined. */
 	memset(&h, 0, sizeof(h));
@@ -1189,6 +1222,7 @@ redis_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resul
 	snprintf(maxlen, sizeof(maxlen), "%d", redis_maxlen);
 	snprintf(window, sizeof(window), "%d", redis_dedupe_window);
 	Assert(sdslen(rc->obuf) == 0);
+	in_conversation = true;
 	for (i = 0; i < nmessages; i++)
 	{
 		if (!append_message(&messages[i], &results[i], maxlen, window))
