@@ -583,57 +583,54 @@ on_timer(CURLM *m, long timeout_ms, void *userp)
 	return 0;
 }
 
+/* Set a multi handle option or raise an error naming it. */
+#define SET_MULTI_OPTION(option, value) \
+	do { \
+		CURLMcode	rc_ = curl_multi_setopt(multi, (option), (value)); \
+		if (rc_ != CURLM_OK) \
+			elog(ERROR, "could not set curl option %s: %s", #option, \
+				 curl_multi_strerror(rc_)); \
+	} while (0)
+
 /*
  * Build the multi handle and the request slots for the current settings:
  * as many slots as outbox.http_max_concurrency asks for and as file
- * descriptors allow.
+ * descriptors allow.  Raises an ERROR halfway when something fails:
+ * http_setup() then tears down what was built.
  */
 static void
-http_setup(void)
+http_build(void)
 {
 	int			wanted = cfg.max_concurrency;
+	int			n;
 	int			i;
-
-	if (!curl_ready)
-	{
-		CURLcode	rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-
-		if (rc != CURLE_OK)
-			elog(ERROR, "could not initialize libcurl: %s", curl_easy_strerror(rc));
-		curl_ready = true;
-	}
 
 	while (fds_reserved < FDS_FIXED + wanted * FDS_PER_REQUEST && AcquireExternalFD())
 		fds_reserved++;
-	nrequests = Min(wanted, (fds_reserved - FDS_FIXED) / FDS_PER_REQUEST);
-	if (nrequests < 1)
-	{
-		http_teardown();
+	n = Min(wanted, (fds_reserved - FDS_FIXED) / FDS_PER_REQUEST);
+	if (n < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("outbox http publisher: no file descriptors available for HTTP connections"),
 				 errhint("Raise max_files_per_process or the process's file descriptor limit.")));
-	}
-	if (nrequests < wanted)
+	if (n < wanted)
 		ereport(LOG,
 				(errmsg("outbox http publisher: %d requests in flight at most instead of %d, for lack of file descriptors",
-						nrequests, wanted),
+						n, wanted),
 				 errhint("Raise max_files_per_process and the process's file descriptor limit (ulimit -n) for more.")));
 
-	requests = MemoryContextAllocZero(TopMemoryContext, sizeof(HttpRequest) * nrequests);
+	requests = MemoryContextAllocZero(TopMemoryContext, sizeof(HttpRequest) * n);
+	nrequests = n;
 	for (i = 0; i < nrequests; i++)
 		requests[i].message = -1;
 
 	multi = curl_multi_init();
 	if (multi == NULL)
-	{
-		http_teardown();
 		elog(ERROR, "could not create a curl multi handle");
-	}
-	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long) nrequests);
-	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) nrequests);
-	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
+	SET_MULTI_OPTION(CURLMOPT_MAX_TOTAL_CONNECTIONS, (long) nrequests);
+	SET_MULTI_OPTION(CURLMOPT_MAXCONNECTS, (long) nrequests);
+	SET_MULTI_OPTION(CURLMOPT_SOCKETFUNCTION, on_socket);
+	SET_MULTI_OPTION(CURLMOPT_TIMERFUNCTION, on_timer);
 
 	for (i = 0; i < nrequests; i++)
 	{
@@ -641,10 +638,7 @@ http_setup(void)
 
 		r->easy = curl_easy_init();
 		if (r->easy == NULL)
-		{
-			http_teardown();
 			elog(ERROR, "could not create a curl handle");
-		}
 		SET_OPTION(r->easy, CURLOPT_NOSIGNAL, 1L);
 		SET_OPTION(r->easy, CURLOPT_POST, 1L);
 		SET_OPTION(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -662,6 +656,36 @@ http_setup(void)
 	built_timeout = cfg.timeout;
 	built_concurrency = cfg.max_concurrency;
 	built_ca_file = MemoryContextStrdup(TopMemoryContext, cfg.ca_file);
+}
+
+/*
+ * Build the transport, all or nothing: after an ERROR (an option curl
+ * refuses, no memory, no descriptors) nothing is kept, so the next batch
+ * builds it again rather than use one with request slots missing or
+ * options not set.
+ */
+static void
+http_setup(void)
+{
+	if (!curl_ready)
+	{
+		CURLcode	rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+
+		if (rc != CURLE_OK)
+			elog(ERROR, "could not initialize libcurl: %s", curl_easy_strerror(rc));
+		curl_ready = true;
+	}
+
+	PG_TRY();
+	{
+		http_build();
+	}
+	PG_CATCH();
+	{
+		http_teardown();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }
 
 /* Whether the destination's own headers name this one. */
