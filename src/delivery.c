@@ -957,16 +957,14 @@ outbox_delivery_list_workers(int32 **ids, char ***names, uint32 **hashes)
  * outbox.processing_timeout passes.
  */
 
-#define LOCK_EXTERNAL_SQL \
+#define STORE_API_DESTINATION_SQL \
 	"SELECT d.id, d.publisher, d.paused OR d.disabled_at IS NOT NULL " \
-	"FROM outbox.destination d WHERE d.name = $1 FOR UPDATE"
+	"FROM outbox.destination d WHERE d.name = $1"
+#define LOCK_EXTERNAL_SQL STORE_API_DESTINATION_SQL " FOR UPDATE"
 
 #define CLAIM_RETRIES_SQL \
 	"UPDATE outbox.delivery SET status = 'processing', claimed_at = $3, claimed_by = $4 " \
 	"WHERE destination_id = $1 AND message_id = ANY ($2) AND status = 'pending'"
-
-#define DESTINATION_ID_SQL \
-	"SELECT d.id FROM outbox.destination d WHERE d.name = $1"
 
 #define RECOVER_DELIVERIES_SQL \
 	"UPDATE outbox.delivery SET status = 'pending', claimed_at = NULL, claimed_by = NULL " \
@@ -992,8 +990,8 @@ static OutboxStatement claim_retries_stmt = {
 	.sql = CLAIM_RETRIES_SQL, .nargs = 4, .argtypes = {INT4OID, UUIDARRAYOID, TIMESTAMPTZOID, INT4OID},
 	.read_only = false, .expected = SPI_OK_UPDATE, .action = "claim outbox deliveries"
 };
-static OutboxStatement destination_id_stmt = {
-	.sql = DESTINATION_ID_SQL, .nargs = 1, .argtypes = {TEXTOID},
+static OutboxStatement store_api_destination_stmt = {
+	.sql = STORE_API_DESTINATION_SQL, .nargs = 1, .argtypes = {TEXTOID},
 	.read_only = false, .expected = SPI_OK_SELECT, .action = "read an outbox destination"
 };
 static OutboxStatement recover_deliveries_stmt = {
@@ -1016,17 +1014,42 @@ require_destinations(void)
 				 errhint("Run ALTER EXTENSION outbox UPDATE to get them.")));
 }
 
-/* The id of a destination, or an error when there is none by that name. */
+/*
+ * The destination that a call of the store API names (fetch_pending,
+ * mark_processed_for, mark_failed and retry_failed with a destination),
+ * inside a store call as the outbox's owner; locked for fetch_pending
+ * (fetching: concurrent calls take turns on it).  Sets *paused when it is
+ * paused or disabled.  The store API acts for a relay outside the database, so it
+ * serves destinations of publisher "external": one that has a worker of
+ * its own is refused (42809), to fetch_pending always (its worker delivers
+ * the same messages), to the other calls unless the caller is a superuser
+ * (an operator may mark or requeue any destination's deliveries; a relay
+ * role may not mark as sent what was never sent, nor forge failures).
+ */
 static int32
-destination_id(const char *name)
+store_api_destination(const OutboxStoreCall *call, const char *name, const char *function,
+					  bool fetching, bool *paused)
 {
 	Datum		args[1] = {CStringGetTextDatum(name)};
 	bool		isnull;
+	char	   *publisher;
 
-	if (outbox_store_execute(&destination_id_stmt, args, NULL, InvalidSnapshot, 1) == 0)
+	if (outbox_store_execute(fetching ? &lock_external_stmt : &store_api_destination_stmt,
+							 args, NULL, InvalidSnapshot, 1) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("outbox destination \"%s\" does not exist", name)));
+	publisher = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (strcmp(publisher, "external") != 0 &&
+		(fetching || !superuser_arg(call->saved_userid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("outbox destination \"%s\" is relayed by its own worker", name),
+				 errdetail("%s() serves destinations of publisher \"external\"; \"%s\" has publisher \"%s\".",
+						   function, name, publisher)));
+	if (paused)
+		*paused = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
+											 &isnull));
 	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
@@ -1049,28 +1072,15 @@ outbox_delivery_fetch(const char *name, int max_messages)
 	pg_uuid_t  *retried;
 	int			nretried = 0;
 	OutboxStoreCall call;
-	bool		isnull;
-	char	   *publisher;
+	bool		paused;
 	int			i;
 
 	require_destinations();
 	outbox_store_connect_as_owner(&call);
-	args[0] = CStringGetTextDatum(name);
-	if (outbox_store_execute(&lock_external_stmt, args, NULL, InvalidSnapshot, 1) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("outbox destination \"%s\" does not exist", name)));
 	memset(&destination, 0, sizeof(destination));
-	destination.id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	destination.id = store_api_destination(&call, name, "fetch_pending", true, &paused);
 	destination.name = pstrdup(name);
-	publisher = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	if (strcmp(publisher, "external") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("outbox destination \"%s\" is relayed by its own worker", name),
-				 errdetail("fetch_pending() serves destinations of publisher \"external\"; \"%s\" has publisher \"%s\".",
-						   name, publisher)));
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
+	if (paused)
 	{
 		/* Paused or disabled: nothing to hand out. */
 		outbox_store_finish_as_owner(&call);
@@ -1150,7 +1160,7 @@ outbox_delivery_mark_processed(const char *name, const pg_uuid_t *ids, int nids)
 
 	require_destinations();
 	outbox_store_connect_as_owner(&call);
-	args[0] = Int32GetDatum(destination_id(name));
+	args[0] = Int32GetDatum(store_api_destination(&call, name, "mark_processed_for", false, NULL));
 	args[1] = PointerGetDatum(outbox_uuid_array(ids, nids));
 	args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 	count = (int) outbox_store_execute(&delivered_stmt, args, NULL, InvalidSnapshot, 0);
@@ -1175,7 +1185,7 @@ outbox_delivery_mark_failed(const char *name, const pg_uuid_t *id, const char *e
 
 	require_destinations();
 	outbox_store_connect_as_owner(&call);
-	args[0] = Int32GetDatum(destination_id(name));
+	args[0] = Int32GetDatum(store_api_destination(&call, name, "mark_failed", false, NULL));
 	args[1] = UUIDPGetDatum(id);
 	args[2] = CStringGetTextDatum(error ? error : "publish failed");
 	args[3] = BoolGetDatum(false);
@@ -1208,7 +1218,7 @@ outbox_delivery_retry_failed(const char *name, ArrayType *ids)
 
 	require_destinations();
 	outbox_store_connect_as_owner(&call);
-	args[0] = Int32GetDatum(destination_id(name));
+	args[0] = Int32GetDatum(store_api_destination(&call, name, "retry_failed", false, NULL));
 	args[1] = PointerGetDatum(ids);
 	if (ids == NULL)
 		nulls[1] = 'n';

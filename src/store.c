@@ -1118,9 +1118,13 @@ outbox_store_next_due(void)
 
 /*
  * Requeue failed messages (all of them when ids is NULL), and with
- * destinations the failed deliveries of routed ones.  The messages are
- * updated as the caller (an external relay needs UPDATE on them, as
- * before); the deliveries as the outbox's owner (delivery.c).
+ * destinations, for a superuser, the failed deliveries of routed ones.
+ * The messages are updated as the caller (an external relay needs UPDATE
+ * on them, as before); the deliveries as the outbox's owner (delivery.c).
+ * Other callers (the default destination's external relay) requeue only
+ * the default destination's messages: the destinations' dead letters are
+ * theirs to requeue (retry_failed(ids, destination), external ones only,
+ * or the filter form, granted to operators).
  */
 int
 outbox_store_retry_failed(ArrayType *ids)
@@ -1139,7 +1143,13 @@ outbox_store_retry_failed(ArrayType *ids)
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	if (!outbox_have_destinations())
 		return store_run(&retry_failed_stmt, args, nulls);
-	nrequeued = outbox_delivery_requeue_failed(ids, &requeued);
+	if (superuser())
+		nrequeued = outbox_delivery_requeue_failed(ids, &requeued);
+	else
+	{
+		nrequeued = 0;
+		requeued = NULL;
+	}
 	args[2] = PointerGetDatum(outbox_uuid_array(requeued, nrequeued));
 	guc_level = outbox_store_connect();
 	(void) outbox_store_execute(&retry_failed_routed_stmt, args, nulls, InvalidSnapshot, 0);
