@@ -86,6 +86,13 @@
 	"WHERE m.id > $2 AND m.id <= $3 AND m.destinations IS NOT NULL " \
 	"AND $1 = ANY (m.destinations) ORDER BY m.id LIMIT $4"
 
+/*
+ * The newest message up to $1 (the id horizon), routed or not: a
+ * destination that read to the horizon moves its position up to it.
+ */
+#define NEWEST_SQL \
+	"SELECT m.id FROM outbox.messages m WHERE m.id <= $1 ORDER BY m.id DESC LIMIT 1"
+
 #define FETCH_SQL \
 	"SELECT m.* FROM outbox.messages m WHERE m.id = ANY ($1) ORDER BY m.id"
 
@@ -195,6 +202,10 @@ static OutboxStatement retries_stmt = {
 };
 static OutboxStatement log_scan_stmt = {
 	.sql = LOG_SCAN_SQL, .nargs = 4, .argtypes = {INT4OID, UUIDOID, UUIDOID, INT4OID},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "read outbox messages"
+};
+static OutboxStatement newest_stmt = {
+	.sql = NEWEST_SQL, .nargs = 1, .argtypes = {UUIDOID},
 	.read_only = true, .expected = SPI_OK_SELECT, .action = "read outbox messages"
 };
 static OutboxStatement fetch_stmt = {
@@ -500,6 +511,7 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 		Snapshot	snapshot;
 		int			limit = max_messages - batch->nmessages;
 		uint64		nscanned;
+		SPITupleTable *scanned;
 		pg_uuid_t  *chosen = palloc(sizeof(pg_uuid_t) * limit);
 		int			nchosen = 0;
 		bool		cut = false;
@@ -511,12 +523,12 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 		args[2] = UUIDPGetDatum(&horizon);
 		args[3] = Int32GetDatum(limit);
 		nscanned = outbox_store_execute(&log_scan_stmt, args, NULL, snapshot, 0);
-		UnregisterSnapshot(snapshot);
+		scanned = SPI_tuptable;
 
 		for (i = 0; i < nscanned; i++)
 		{
-			HeapTuple	tuple = SPI_tuptable->vals[i];
-			TupleDesc	tupdesc = SPI_tuptable->tupdesc;
+			HeapTuple	tuple = scanned->vals[i];
+			TupleDesc	tupdesc = scanned->tupdesc;
 			pg_uuid_t  *id = DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, 1, &isnull));
 			char	   *key = ordered_by_key ? SPI_getvalue(tuple, tupdesc, 2) : "";
 			int64		size = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 3, &isnull));
@@ -544,15 +556,33 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 		}
 		if (!cut && nscanned < (uint64) limit)
 		{
-			/* read to the horizon: everything up to it is handled */
-			if (memcmp(horizon.data, position.data, UUID_LEN) > 0)
+			/*
+			 * Read to the horizon: everything up to it is handled.  The
+			 * position moves up to the newest message below the horizon,
+			 * not past it: messages appear below the horizon when a dump
+			 * is restored (inserted with their destinations, and ids older
+			 * than the clock), and a destination whose worker ran before
+			 * they were in must not pass them.
+			 */
+			args[0] = UUIDPGetDatum(&horizon);
+			if (outbox_store_execute(&newest_stmt, args, NULL, snapshot, 1) > 0)
 			{
-				batch->position = horizon;
-				batch->advance = true;
+				pg_uuid_t  *newest = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0],
+																 SPI_tuptable->tupdesc, 1,
+																 &isnull));
+
+				if (memcmp(newest->data, position.data, UUID_LEN) > 0 &&
+					memcmp(newest->data, batch->position.data, UUID_LEN) > 0)
+				{
+					batch->position = *newest;
+					batch->advance = true;
+				}
 			}
+			args[0] = Int32GetDatum(destination->id);
 		}
+		UnregisterSnapshot(snapshot);
 		batch->bytes_reached = cut;
-		SPI_freetuptable(SPI_tuptable);
+		SPI_freetuptable(scanned);
 		fetch_messages(batch, chosen, nchosen, false, NULL, caller);
 	}
 	outbox_store_finish_as_owner(&call);
@@ -970,7 +1000,8 @@ outbox_delivery_list_workers(int32 **ids, char ***names, uint32 **hashes)
 	"UPDATE outbox.delivery SET status = 'pending', claimed_at = NULL, claimed_by = NULL " \
 	"WHERE (destination_id, message_id) IN (SELECT x.destination_id, x.message_id " \
 	"  FROM outbox.delivery x WHERE x.status = 'processing' AND (x.claimed_at < $1 " \
-	"    OR x.claimed_by IS NULL OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(x.claimed_by))) " \
+	"    OR x.claimed_by IS NULL OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(x.claimed_by) a " \
+	"      WHERE a.backend_start IS NULL OR a.backend_start <= x.claimed_at)) " \
 	"  FOR UPDATE SKIP LOCKED)"
 
 #define RETRY_DELIVERIES_SQL \

@@ -165,13 +165,17 @@
 /*
  * Claims older than the timeout, or whose claimer is gone, go back to
  * pending; rows someone holds locked wait for a later pass.  $1 = the
- * oldest claim time still trusted.
+ * oldest claim time still trusted.  A claimer is its process id: one that
+ * started after the claim (the id was reused, after a restart or in a
+ * restored dump's new cluster) is not the claimer.  (A backend_start that
+ * the role may not see is NULL: trusted.)
  */
 #define RECOVER_SQL \
 	"UPDATE outbox.messages SET status = 'pending', claimed_at = NULL, claimed_by = NULL " \
 	"WHERE id IN (SELECT m.id FROM outbox.messages m " \
 	"  WHERE m.status = 'processing' AND (m.claimed_at < $1 OR m.claimed_by IS NULL " \
-	"    OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(m.claimed_by))) " \
+	"    OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(m.claimed_by) a " \
+	"      WHERE a.backend_start IS NULL OR a.backend_start <= m.claimed_at)) " \
 	"  FOR UPDATE SKIP LOCKED)"
 
 /*
