@@ -578,7 +578,6 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 					batch->advance = true;
 				}
 			}
-			args[0] = Int32GetDatum(destination->id);
 		}
 		UnregisterSnapshot(snapshot);
 		batch->bytes_reached = cut;
