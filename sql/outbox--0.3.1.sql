@@ -31,8 +31,10 @@ CREATE TABLE outbox.messages (
 	claimed_at		timestamptz,
 	claimed_by		int,
 	-- the destinations a message is routed to, set when it is saved (NULL:
-	-- the default destination)
-	destinations	int[],
+	-- the default destination).  The default, '{}', is "not routed yet":
+	-- the trigger outbox.route() routes the row; a row inserted with the
+	-- column given (a restore of a dump: 0.3.1) is taken as it is.
+	destinations	int[] DEFAULT '{}',
 	CONSTRAINT messages_topic_check
 		CHECK (topic <> '' AND octet_length(topic) <= 255),
 	CONSTRAINT messages_key_check
@@ -42,6 +44,11 @@ CREATE TABLE outbox.messages (
 );
 
 COMMENT ON TABLE outbox.messages IS 'Messages saved by outbox.save() or INSERT, published by the outbox worker';
+
+-- pg_dump (0.3.1): the tables that hold user state are dumped with their
+-- data, every row (processed messages and claims too: a restored claim's
+-- process is gone, and recovery returns it to pending).
+SELECT pg_catalog.pg_extension_config_dump('outbox.messages', '');
 
 -- The default destination's claims scan its pending messages in id order
 -- (under per-key ordering too: the scan from the oldest pending message
@@ -84,7 +91,8 @@ CREATE FUNCTION outbox.retry_failed(ids uuid[] DEFAULT NULL) RETURNS int
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 -- Per topic: pending, processing and failed messages, and the age of the
--- oldest pending one (from its id: a UUIDv7 starts with its millisecond);
+-- oldest pending one (from its id: a UUIDv7 starts with its millisecond;
+-- an id of another version, inserted by hand, by its created_at: 0.3.1);
 -- plus a row with topic NULL for all topics, whose processed column is an
 -- estimate from the statistics system (live rows less the unfinished
 -- ones).  Only the partial indexes of the unfinished messages are read,
@@ -97,7 +105,9 @@ CREATE VIEW outbox.stats AS
 		   s.failed,
 		   CASE WHEN substr(s.oldest, 15, 1) = '7' THEN greatest(interval '0',
 				now() - to_timestamp(('x' || replace(left(s.oldest, 13), '-', ''))::bit(48)::bigint
-									 / 1000.0)) END AS oldest_pending_age
+									 / 1000.0))
+				ELSE (SELECT greatest(interval '0', now() - m.created_at) FROM outbox.messages m
+					  WHERE m.id = s.oldest::uuid) END AS oldest_pending_age
 	FROM (SELECT u.topic,
 				 count(*) FILTER (WHERE u.status = 'pending') AS pending,
 				 count(*) FILTER (WHERE u.status = 'processing') AS processing,
@@ -179,6 +189,14 @@ CREATE TABLE outbox.delivery (
 	processed_at	timestamptz,
 	PRIMARY KEY (destination_id, message_id)
 );
+-- pg_dump (0.3.1): destinations (with their secret options), their
+-- subscriptions, positions and deliveries, and the sequence of their ids.
+SELECT pg_catalog.pg_extension_config_dump('outbox.destination', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.destination_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.subscription', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.destination_progress', '');
+SELECT pg_catalog.pg_extension_config_dump('outbox.delivery', '');
+
 CREATE INDEX delivery_message_idx ON outbox.delivery (message_id);
 CREATE INDEX delivery_unfinished_idx ON outbox.delivery (destination_id, message_id)
 	WHERE status IN ('pending', 'processing');
@@ -340,7 +358,8 @@ CREATE FUNCTION outbox.worker_status()
 
 -- Per destination (the default one and each destination): what waits for
 -- it, through the partial indexes; oldest_pending_age from the oldest
--- waiting id (a UUIDv7 starts with its millisecond).
+-- waiting id (a UUIDv7 starts with its millisecond; another id, by its
+-- message's created_at: 0.3.1).
 CREATE VIEW outbox.destination_stats AS
 	SELECT 'default'::text AS destination,
 		   CASE WHEN current_setting('outbox.enabled', true) = 'off' THEN 'paused'
@@ -352,7 +371,8 @@ CREATE VIEW outbox.destination_stats AS
 			WHERE m.status = 'failed' AND m.destinations IS NULL) AS failed,
 		   (SELECT CASE WHEN substr(m.id::text, 15, 1) = '7' THEN greatest(interval '0',
 				   now() - to_timestamp(('x' || replace(left(m.id::text, 13), '-', ''))::bit(48)::bigint
-										/ 1000.0)) END
+										/ 1000.0))
+				   ELSE greatest(interval '0', now() - m.created_at) END
 			FROM outbox.messages m WHERE m.status = 'pending' AND m.destinations IS NULL
 			ORDER BY m.id LIMIT 1) AS oldest_pending_age
 	UNION ALL
@@ -366,7 +386,9 @@ CREATE VIEW outbox.destination_stats AS
 		   w.failed,
 		   CASE WHEN substr(w.oldest::text, 15, 1) = '7' THEN greatest(interval '0',
 				now() - to_timestamp(('x' || replace(left(w.oldest::text, 13), '-', ''))::bit(48)::bigint
-									 / 1000.0)) END
+									 / 1000.0))
+				ELSE (SELECT greatest(interval '0', now() - m.created_at) FROM outbox.messages m
+					  WHERE m.id = w.oldest) END
 	FROM outbox.destination d
 	CROSS JOIN LATERAL (
 		SELECT (SELECT count(*) FROM outbox.messages m

@@ -86,6 +86,13 @@
 	"WHERE m.id > $2 AND m.id <= $3 AND m.destinations IS NOT NULL " \
 	"AND $1 = ANY (m.destinations) ORDER BY m.id LIMIT $4"
 
+/*
+ * The newest message up to $1 (the id horizon), routed or not: a
+ * destination that read to the horizon moves its position up to it.
+ */
+#define NEWEST_SQL \
+	"SELECT m.id FROM outbox.messages m WHERE m.id <= $1 ORDER BY m.id DESC LIMIT 1"
+
 #define FETCH_SQL \
 	"SELECT m.* FROM outbox.messages m WHERE m.id = ANY ($1) ORDER BY m.id"
 
@@ -195,6 +202,10 @@ static OutboxStatement retries_stmt = {
 };
 static OutboxStatement log_scan_stmt = {
 	.sql = LOG_SCAN_SQL, .nargs = 4, .argtypes = {INT4OID, UUIDOID, UUIDOID, INT4OID},
+	.read_only = true, .expected = SPI_OK_SELECT, .action = "read outbox messages"
+};
+static OutboxStatement newest_stmt = {
+	.sql = NEWEST_SQL, .nargs = 1, .argtypes = {UUIDOID},
 	.read_only = true, .expected = SPI_OK_SELECT, .action = "read outbox messages"
 };
 static OutboxStatement fetch_stmt = {
@@ -500,6 +511,7 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 		Snapshot	snapshot;
 		int			limit = max_messages - batch->nmessages;
 		uint64		nscanned;
+		SPITupleTable *scanned;
 		pg_uuid_t  *chosen = palloc(sizeof(pg_uuid_t) * limit);
 		int			nchosen = 0;
 		bool		cut = false;
@@ -511,12 +523,12 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 		args[2] = UUIDPGetDatum(&horizon);
 		args[3] = Int32GetDatum(limit);
 		nscanned = outbox_store_execute(&log_scan_stmt, args, NULL, snapshot, 0);
-		UnregisterSnapshot(snapshot);
+		scanned = SPI_tuptable;
 
 		for (i = 0; i < nscanned; i++)
 		{
-			HeapTuple	tuple = SPI_tuptable->vals[i];
-			TupleDesc	tupdesc = SPI_tuptable->tupdesc;
+			HeapTuple	tuple = scanned->vals[i];
+			TupleDesc	tupdesc = scanned->tupdesc;
 			pg_uuid_t  *id = DatumGetUUIDP(SPI_getbinval(tuple, tupdesc, 1, &isnull));
 			char	   *key = ordered_by_key ? SPI_getvalue(tuple, tupdesc, 2) : "";
 			int64		size = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 3, &isnull));
@@ -544,15 +556,32 @@ outbox_delivery_claim(OutboxDestination *destination, int max_messages, int64 ma
 		}
 		if (!cut && nscanned < (uint64) limit)
 		{
-			/* read to the horizon: everything up to it is handled */
-			if (memcmp(horizon.data, position.data, UUID_LEN) > 0)
+			/*
+			 * Read to the horizon: everything up to it is handled.  The
+			 * position moves up to the newest message below the horizon,
+			 * not past it: messages appear below the horizon when a dump
+			 * is restored (inserted with their destinations, and ids older
+			 * than the clock), and a destination whose worker ran before
+			 * they were in must not pass them.
+			 */
+			args[0] = UUIDPGetDatum(&horizon);
+			if (outbox_store_execute(&newest_stmt, args, NULL, snapshot, 1) > 0)
 			{
-				batch->position = horizon;
-				batch->advance = true;
+				pg_uuid_t  *newest = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[0],
+																 SPI_tuptable->tupdesc, 1,
+																 &isnull));
+
+				if (memcmp(newest->data, position.data, UUID_LEN) > 0 &&
+					memcmp(newest->data, batch->position.data, UUID_LEN) > 0)
+				{
+					batch->position = *newest;
+					batch->advance = true;
+				}
 			}
 		}
+		UnregisterSnapshot(snapshot);
 		batch->bytes_reached = cut;
-		SPI_freetuptable(SPI_tuptable);
+		SPI_freetuptable(scanned);
 		fetch_messages(batch, chosen, nchosen, false, NULL, caller);
 	}
 	outbox_store_finish_as_owner(&call);
@@ -957,22 +986,21 @@ outbox_delivery_list_workers(int32 **ids, char ***names, uint32 **hashes)
  * outbox.processing_timeout passes.
  */
 
-#define LOCK_EXTERNAL_SQL \
+#define STORE_API_DESTINATION_SQL \
 	"SELECT d.id, d.publisher, d.paused OR d.disabled_at IS NOT NULL " \
-	"FROM outbox.destination d WHERE d.name = $1 FOR UPDATE"
+	"FROM outbox.destination d WHERE d.name = $1"
+#define LOCK_EXTERNAL_SQL STORE_API_DESTINATION_SQL " FOR UPDATE"
 
 #define CLAIM_RETRIES_SQL \
 	"UPDATE outbox.delivery SET status = 'processing', claimed_at = $3, claimed_by = $4 " \
 	"WHERE destination_id = $1 AND message_id = ANY ($2) AND status = 'pending'"
 
-#define DESTINATION_ID_SQL \
-	"SELECT d.id FROM outbox.destination d WHERE d.name = $1"
-
 #define RECOVER_DELIVERIES_SQL \
 	"UPDATE outbox.delivery SET status = 'pending', claimed_at = NULL, claimed_by = NULL " \
 	"WHERE (destination_id, message_id) IN (SELECT x.destination_id, x.message_id " \
 	"  FROM outbox.delivery x WHERE x.status = 'processing' AND (x.claimed_at < $1 " \
-	"    OR x.claimed_by IS NULL OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(x.claimed_by))) " \
+	"    OR x.claimed_by IS NULL OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(x.claimed_by) a " \
+	"      WHERE a.backend_start IS NULL OR a.backend_start <= x.claimed_at)) " \
 	"  FOR UPDATE SKIP LOCKED)"
 
 #define RETRY_DELIVERIES_SQL \
@@ -992,8 +1020,8 @@ static OutboxStatement claim_retries_stmt = {
 	.sql = CLAIM_RETRIES_SQL, .nargs = 4, .argtypes = {INT4OID, UUIDARRAYOID, TIMESTAMPTZOID, INT4OID},
 	.read_only = false, .expected = SPI_OK_UPDATE, .action = "claim outbox deliveries"
 };
-static OutboxStatement destination_id_stmt = {
-	.sql = DESTINATION_ID_SQL, .nargs = 1, .argtypes = {TEXTOID},
+static OutboxStatement store_api_destination_stmt = {
+	.sql = STORE_API_DESTINATION_SQL, .nargs = 1, .argtypes = {TEXTOID},
 	.read_only = false, .expected = SPI_OK_SELECT, .action = "read an outbox destination"
 };
 static OutboxStatement recover_deliveries_stmt = {
@@ -1016,17 +1044,42 @@ require_destinations(void)
 				 errhint("Run ALTER EXTENSION outbox UPDATE to get them.")));
 }
 
-/* The id of a destination, or an error when there is none by that name. */
+/*
+ * The destination that a call of the store API names (fetch_pending,
+ * mark_processed_for, mark_failed and retry_failed with a destination),
+ * inside a store call as the outbox's owner; locked for fetch_pending
+ * (fetching: concurrent calls take turns on it).  Sets *paused when it is
+ * paused or disabled.  The store API acts for a relay outside the database, so it
+ * serves destinations of publisher "external": one that has a worker of
+ * its own is refused (42809), to fetch_pending always (its worker delivers
+ * the same messages), to the other calls unless the caller is a superuser
+ * (an operator may mark or requeue any destination's deliveries; a relay
+ * role may not mark as sent what was never sent, nor forge failures).
+ */
 static int32
-destination_id(const char *name)
+store_api_destination(const OutboxStoreCall *call, const char *name, const char *function,
+					  bool fetching, bool *paused)
 {
 	Datum		args[1] = {CStringGetTextDatum(name)};
 	bool		isnull;
+	char	   *publisher;
 
-	if (outbox_store_execute(&destination_id_stmt, args, NULL, InvalidSnapshot, 1) == 0)
+	if (outbox_store_execute(fetching ? &lock_external_stmt : &store_api_destination_stmt,
+							 args, NULL, InvalidSnapshot, 1) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("outbox destination \"%s\" does not exist", name)));
+	publisher = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (strcmp(publisher, "external") != 0 &&
+		(fetching || !superuser_arg(call->saved_userid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("outbox destination \"%s\" is relayed by its own worker", name),
+				 errdetail("%s() serves destinations of publisher \"external\"; \"%s\" has publisher \"%s\".",
+						   function, name, publisher)));
+	if (paused)
+		*paused = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
+											 &isnull));
 	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
@@ -1049,28 +1102,15 @@ outbox_delivery_fetch(const char *name, int max_messages)
 	pg_uuid_t  *retried;
 	int			nretried = 0;
 	OutboxStoreCall call;
-	bool		isnull;
-	char	   *publisher;
+	bool		paused;
 	int			i;
 
 	require_destinations();
 	outbox_store_connect_as_owner(&call);
-	args[0] = CStringGetTextDatum(name);
-	if (outbox_store_execute(&lock_external_stmt, args, NULL, InvalidSnapshot, 1) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("outbox destination \"%s\" does not exist", name)));
 	memset(&destination, 0, sizeof(destination));
-	destination.id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	destination.id = store_api_destination(&call, name, "fetch_pending", true, &paused);
 	destination.name = pstrdup(name);
-	publisher = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	if (strcmp(publisher, "external") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("outbox destination \"%s\" is relayed by its own worker", name),
-				 errdetail("fetch_pending() serves destinations of publisher \"external\"; \"%s\" has publisher \"%s\".",
-						   name, publisher)));
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
+	if (paused)
 	{
 		/* Paused or disabled: nothing to hand out. */
 		outbox_store_finish_as_owner(&call);
@@ -1150,7 +1190,7 @@ outbox_delivery_mark_processed(const char *name, const pg_uuid_t *ids, int nids)
 
 	require_destinations();
 	outbox_store_connect_as_owner(&call);
-	args[0] = Int32GetDatum(destination_id(name));
+	args[0] = Int32GetDatum(store_api_destination(&call, name, "mark_processed_for", false, NULL));
 	args[1] = PointerGetDatum(outbox_uuid_array(ids, nids));
 	args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 	count = (int) outbox_store_execute(&delivered_stmt, args, NULL, InvalidSnapshot, 0);
@@ -1175,7 +1215,7 @@ outbox_delivery_mark_failed(const char *name, const pg_uuid_t *id, const char *e
 
 	require_destinations();
 	outbox_store_connect_as_owner(&call);
-	args[0] = Int32GetDatum(destination_id(name));
+	args[0] = Int32GetDatum(store_api_destination(&call, name, "mark_failed", false, NULL));
 	args[1] = UUIDPGetDatum(id);
 	args[2] = CStringGetTextDatum(error ? error : "publish failed");
 	args[3] = BoolGetDatum(false);
@@ -1208,7 +1248,7 @@ outbox_delivery_retry_failed(const char *name, ArrayType *ids)
 
 	require_destinations();
 	outbox_store_connect_as_owner(&call);
-	args[0] = Int32GetDatum(destination_id(name));
+	args[0] = Int32GetDatum(store_api_destination(&call, name, "retry_failed", false, NULL));
 	args[1] = PointerGetDatum(ids);
 	if (ids == NULL)
 		nulls[1] = 'n';

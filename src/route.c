@@ -30,6 +30,16 @@
  * that, or newer than any id handed out, is refused rather than silently
  * passed by a destination's position.
  *
+ * The trigger also refuses any message id below the id floor (shmem.c):
+ * no such id was ever handed out, and the nil UUID would never be
+ * published; and it counts the row toward the backlog (outbox.max_backlog)
+ * when its id is the one this backend just handed out.
+ *
+ * A row that a superuser inserts with its destinations column given (the
+ * column's default is '{}', "not routed yet") is taken as it is: a restore
+ * of a dump does that, so that restored messages keep their routing, their
+ * ids and their state.  Anyone else's rows are routed.
+ *
  * Copyright (c) 2026, the outbox developers
  *
  *-------------------------------------------------------------------------
@@ -453,8 +463,53 @@ check_routed_id(HeapTuple tuple, TupleDesc tupdesc)
 }
 
 /*
+ * Raise an error when a message id is below the id floor: the nil UUID, a
+ * UUIDv7 older than outbox's clock can make, or an id of version 0 or
+ * above 8 that sorts before them.  UUIDs of the other versions (such as a
+ * random UUIDv4) carry no time of outbox's clock and are taken as before.
+ */
+static void
+check_id_floor(Datum value)
+{
+	const pg_uuid_t *id = DatumGetUUIDP(value);
+	int			version = id->data[6] >> 4;
+	pg_uuid_t	floor;
+
+	if (version != 0 && version != 7 && version <= 8)
+		return;
+	outbox_shmem_id_floor(&floor);
+	if (memcmp(id->data, floor.data, UUID_LEN) >= 0)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("outbox message id %s is older than any id outbox hands out",
+					DatumGetCString(DirectFunctionCall1(uuid_out, value))),
+			 errdetail("Message ids must not be below %s: messages go out in id order, and the stats take their age from it.",
+					   DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&floor)))),
+			 errhint("Leave the id to its default, outbox.next_id().")));
+}
+
+/*
+ * Whether a new row's destinations column was given by the insert rather
+ * than left to its default, '{}' (no message is routed to no destination).
+ * A schema older than 0.3.1 has no default there: every row is routed.
+ */
+static bool
+destinations_given(TupleDesc tupdesc, int destinations_attno, Datum value, bool isnull)
+{
+	if (!TupleDescAttr(tupdesc, destinations_attno - 1)->atthasdef)
+		return false;
+	if (isnull)
+		return true;
+	return ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(value)),
+						  ARR_DIMS(DatumGetArrayTypeP(value))) > 0;
+}
+
+/*
  * outbox.route(): BEFORE INSERT trigger on outbox.messages, setting the
- * destinations column from the topic, whatever the insert gave it.
+ * destinations column from the topic (unless the insert gave it: see the
+ * top of this file), refusing ids below the floor, and counting the row
+ * toward the backlog.
  */
 Datum
 outbox_route(PG_FUNCTION_ARGS)
@@ -464,6 +519,7 @@ outbox_route(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	int			topic_attno;
 	int			destinations_attno;
+	int			id_attno;
 	bool		isnull;
 	Datum		topic_datum;
 	const int32 *ids;
@@ -482,8 +538,19 @@ outbox_route(PG_FUNCTION_ARGS)
 	tupdesc = RelationGetDescr(trigdata->tg_relation);
 	topic_attno = SPI_fnumber(tupdesc, "topic");
 	destinations_attno = SPI_fnumber(tupdesc, "destinations");
-	if (topic_attno <= 0 || destinations_attno <= 0)
-		elog(ERROR, "outbox.messages lacks the topic or destinations column");
+	id_attno = SPI_fnumber(tupdesc, "id");
+	if (topic_attno <= 0 || destinations_attno <= 0 || id_attno <= 0)
+		elog(ERROR, "outbox.messages lacks the id, topic or destinations column");
+
+	/* Destinations given by a superuser (a restore): taken as it is. */
+	value = heap_getattr(tuple, destinations_attno, tupdesc, &isnull);
+	if (destinations_given(tupdesc, destinations_attno, value, isnull) && superuser())
+		return PointerGetDatum(tuple);
+
+	value = heap_getattr(tuple, id_attno, tupdesc, &isnull);
+	/* Refused once the backlog is full (outbox.max_backlog); counted else. */
+	if (!isnull && outbox_take_handed_out_id(DatumGetUUIDP(value)))
+		outbox_shmem_admit_message();
 
 	topic_datum = heap_getattr(tuple, topic_attno, tupdesc, &isnull);
 	if (isnull)
@@ -491,9 +558,14 @@ outbox_route(PG_FUNCTION_ARGS)
 	else
 		n = outbox_route_topic(TextDatumGetCString(topic_datum), &ids);
 
+	/* A routed message's id is checked more strictly below. */
+	value = heap_getattr(tuple, id_attno, tupdesc, &isnull);
+	if (n == 0 && !isnull)		/* (a NULL id: the primary key refuses it) */
+		check_id_floor(value);
+
 	(void) heap_getattr(tuple, destinations_attno, tupdesc, &isnull);
 	if (n == 0 && isnull)
-		return PointerGetDatum(tuple);
+		return PointerGetDatum(tuple);	/* (a schema older than 0.3.1) */
 
 	if (n == 0)
 	{

@@ -8,7 +8,9 @@
  * backend.  Both save() and the column default outbox.next_id() (which the
  * batch path INSERT ... SELECT uses) note that this transaction saved
  * messages, so that its commit wakes the relay worker (shmem.c); a
- * rollback wakes nobody.
+ * rollback wakes nobody.  The backlog (outbox.max_backlog) counts rows,
+ * not ids: the BEFORE INSERT trigger (route.c) counts a row whose id this
+ * backend just handed out.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -43,6 +45,10 @@ PG_FUNCTION_INFO_V1(outbox_valid_headers);
 /* The INSERT of outbox.save(), prepared once per backend. */
 static SPIPlanPtr save_plan = NULL;
 
+/* The last id this backend handed out, until a row took it. */
+static pg_uuid_t handed_out_id;
+static bool handed_out = false;
+
 /*
  * Make a new message id: a UUIDv7 whose 42 bits after the millisecond
  * timestamp are a counter shared by all backends, so every id is larger
@@ -61,14 +67,27 @@ generate_id(pg_uuid_t *id)
 	uint64		counter;
 
 	outbox_require_shared_state();
-	/* Refused once the backlog is full (outbox.max_backlog); counted else. */
-	outbox_shmem_admit_message();
-
 	now_ms = (uint64) (now / 1000) +
 		(uint64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
 	outbox_shmem_next_id_clock(now_ms, fresh_counter, &ms, &counter);
 
 	outbox_uuid_from_clock(ms, counter, tail, id);
+	handed_out_id = *id;
+	handed_out = true;
+}
+
+/*
+ * Whether id is the one this backend handed out last (save() or
+ * outbox.next_id(): the row being inserted took its id from there); it is
+ * forgotten, so that one id counts for one row at most (route.c).
+ */
+bool
+outbox_take_handed_out_id(const pg_uuid_t *id)
+{
+	if (!handed_out || memcmp(id->data, handed_out_id.data, UUID_LEN) != 0)
+		return false;
+	handed_out = false;
+	return true;
 }
 
 /*

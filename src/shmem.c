@@ -162,6 +162,7 @@ typedef struct OutboxSharedState
 	slock_t		id_mutex;
 	uint64		id_last_ms;
 	uint64		id_last_counter;
+	uint64		id_start_ms;	/* the clock when shared memory was created */
 
 	/*
 	 * The id horizon: per PGPROC number, the millisecond of the first id
@@ -200,6 +201,21 @@ static int	nwoken_destinations = 0;
 static bool wake_all_destinations = false;
 static bool horizon_set = false;
 static bool xact_callback_registered = false;
+
+/*
+ * backlog_added as it stood when an open subtransaction first changed it,
+ * one mark per nesting level that did (innermost last): the messages of a
+ * subtransaction that rolls back were rolled back with it, and stop
+ * counting.
+ */
+typedef struct BacklogMark
+{
+	int			level;
+	int64		before;
+} BacklogMark;
+static BacklogMark *backlog_marks = NULL;
+static int	nbacklog_marks = 0;
+static int	max_backlog_marks = 0;
 
 static void register_xact_callback(void);
 static void note_woken_destinations(const int32 *destination_ids, int n);
@@ -287,6 +303,7 @@ outbox_shmem_startup(void)
 		OutboxShared->id_last_ms = (uint64) (GetCurrentTimestamp() / 1000) +
 			(uint64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
 		OutboxShared->id_last_counter = 0;
+		OutboxShared->id_start_ms = OutboxShared->id_last_ms;
 		fill_slots();
 		for (i = 0; i < OUTBOX_MAX_DESTINATION_WORKERS; i++)
 		{
@@ -379,6 +396,20 @@ outbox_shmem_id_clock_ms(void)
 	ms = OutboxShared->id_last_ms;
 	SpinLockRelease(&OutboxShared->id_mutex);
 	return ms;
+}
+
+/*
+ * The id floor: no id below it was ever handed out, so none is accepted
+ * (route.c).  Ids start from the server's clock, never below the day
+ * before the first release of outbox; should the clock have been set
+ * earlier when the server started, from then.  The floor holds across
+ * restarts, and the ids of a restored dump are above it.
+ */
+void
+outbox_shmem_id_floor(pg_uuid_t *floor)
+{
+	outbox_require_shared_state();
+	outbox_uuid_from_clock(Min(OUTBOX_ID_FLOOR_MS, OutboxShared->id_start_ms), 0, 0, floor);
 }
 
 /*
@@ -576,6 +607,7 @@ end_of_xact_callback(XactEvent event, void *arg)
 			wake_destination_workers();
 	}
 	backlog_added = 0;
+	nbacklog_marks = 0;
 	requeued_deliveries = false;
 	wake_at_commit = false;
 	saved_messages = 0;
@@ -586,15 +618,68 @@ end_of_xact_callback(XactEvent event, void *arg)
 	wake_all_destinations = false;
 }
 
-/* Register the end-of-transaction callback, once per backend. */
+/*
+ * At the end of a subtransaction that changed the backlog: a rollback takes
+ * its change back; a commit hands it to its parent (the top level needs no
+ * mark).
+ */
+static void
+end_of_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	int			level;
+
+	if (nbacklog_marks == 0 ||
+		(event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB))
+		return;
+	level = GetCurrentTransactionNestLevel();
+	if (backlog_marks[nbacklog_marks - 1].level < level)
+		return;					/* this subtransaction changed nothing */
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		backlog_added = backlog_marks[--nbacklog_marks].before;
+	else if (level - 1 <= 1 ||
+			 (nbacklog_marks >= 2 && backlog_marks[nbacklog_marks - 2].level == level - 1))
+		nbacklog_marks--;
+	else
+		backlog_marks[nbacklog_marks - 1].level = level - 1;
+}
+
+/* Register the end-of-transaction callbacks, once per backend. */
 static void
 register_xact_callback(void)
 {
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(end_of_xact_callback, NULL);
+		RegisterSubXactCallback(end_of_subxact_callback, NULL);
 		xact_callback_registered = true;
 	}
+}
+
+/*
+ * Add delta to what the current transaction adds to the backlog, noting
+ * where the current subtransaction (if any) started from.
+ */
+static void
+change_backlog(int64 delta)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (level > 1 &&
+		(nbacklog_marks == 0 || backlog_marks[nbacklog_marks - 1].level < level))
+	{
+		if (nbacklog_marks == max_backlog_marks)
+		{
+			max_backlog_marks = Max(8, max_backlog_marks * 2);
+			backlog_marks = backlog_marks == NULL ?
+				MemoryContextAlloc(TopMemoryContext, sizeof(BacklogMark) * max_backlog_marks) :
+				repalloc(backlog_marks, sizeof(BacklogMark) * max_backlog_marks);
+		}
+		backlog_marks[nbacklog_marks].level = level;
+		backlog_marks[nbacklog_marks].before = backlog_added;
+		nbacklog_marks++;
+	}
+	backlog_added += delta;
 }
 
 /*
@@ -1355,10 +1440,12 @@ outbox_shmem_status_rows(OutboxStatusView *rows, int max_rows)
 }
 
 /*
- * The save path, once per message (save() and the batch path, before the
- * row is inserted): refuse the message with 53400 when the backlog of this
- * backend's database has reached outbox.max_backlog, else count it for the
- * commit.
+ * The save path, once per message row (the BEFORE INSERT trigger of
+ * outbox.messages, route.c, for the rows whose id outbox.next_id() or
+ * save() just handed out): refuse the message with 53400 when the backlog
+ * of this backend's database has reached outbox.max_backlog, else count it
+ * for the commit.  Only rows count: ids taken without a row, and rows of a
+ * subtransaction that rolled back, do not.
  *
  * The check is approximate, by design: it costs an atomic read, never a
  * count of rows.  The backlog it reads is what committed transactions
@@ -1366,9 +1453,9 @@ outbox_shmem_status_rows(OutboxStatusView *rows, int max_rows)
  * committed), plus what this transaction saved so far; it misses what
  * other transactions saved and have not committed yet, and counts what a
  * worker finished but has not taken away yet (at most one batch per
- * worker).  Messages of aborted subtransactions, rows deleted by hand,
- * COMMIT PREPARED and the old retry_failed() calls make it drift, and the
- * main worker corrects it from the table every few seconds.  Until the
+ * worker).  Rows deleted by hand or inserted with an explicit id, COMMIT
+ * PREPARED and the old retry_failed() calls make it drift, and the main
+ * worker corrects it from the table every few seconds.  Until the
  * main worker first counted it (after a start, or when max_backlog was
  * 0), nothing is refused.  Databases that are not relayed have no
  * counter, and no limit.
@@ -1398,7 +1485,7 @@ outbox_shmem_admit_message(void)
 							   (long long) backlog, outbox_max_backlog),
 					 errhint("Saving works again as the relay publishes them; see outbox.worker_status().")));
 	}
-	backlog_added++;
+	change_backlog(1);
 }
 
 /*
@@ -1414,7 +1501,7 @@ outbox_backlog_changes_at_commit(int64 delta)
 	register_xact_callback();
 	if (database_slot() < 0)
 		return;
-	backlog_added += delta;
+	change_backlog(delta);
 }
 
 /* A worker's batch finished these messages (its marks committed). */

@@ -77,12 +77,19 @@ extern void outbox_require_shared_state(void);
 /* The counter part of a UUIDv7 id: 12 bits of rand_a and 30 of rand_b. */
 #define OUTBOX_ID_COUNTER_BITS 42
 
+/*
+ * No id is below this millisecond (2026-01-01 00:00 UTC, before the first
+ * release of outbox), unless the server's clock was earlier when it started.
+ */
+#define OUTBOX_ID_FLOOR_MS UINT64CONST(1767225600000)
+
 /* The UUIDv7 clock (save.c). */
 extern void outbox_shmem_next_id_clock(uint64 now_ms, uint64 fresh_counter,
 									   uint64 *ms, uint64 *counter);
 
 /* Ids (save.c), the id horizon (delivery.c), and the clock (destination.c). */
 extern void outbox_uuid_from_clock(uint64 ms, uint64 counter, uint32 tail, pg_uuid_t *id);
+extern void outbox_shmem_id_floor(pg_uuid_t *floor);
 extern void outbox_shmem_id_horizon(pg_uuid_t *upto);
 extern uint64 outbox_shmem_id_clock_ms(void);
 extern uint64 outbox_shmem_transaction_first_id_ms(void);

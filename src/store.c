@@ -165,13 +165,17 @@
 /*
  * Claims older than the timeout, or whose claimer is gone, go back to
  * pending; rows someone holds locked wait for a later pass.  $1 = the
- * oldest claim time still trusted.
+ * oldest claim time still trusted.  A claimer is its process id: one that
+ * started after the claim (the id was reused, after a restart or in a
+ * restored dump's new cluster) is not the claimer.  (A backend_start that
+ * the role may not see is NULL: trusted.)
  */
 #define RECOVER_SQL \
 	"UPDATE outbox.messages SET status = 'pending', claimed_at = NULL, claimed_by = NULL " \
 	"WHERE id IN (SELECT m.id FROM outbox.messages m " \
 	"  WHERE m.status = 'processing' AND (m.claimed_at < $1 OR m.claimed_by IS NULL " \
-	"    OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(m.claimed_by))) " \
+	"    OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(m.claimed_by) a " \
+	"      WHERE a.backend_start IS NULL OR a.backend_start <= m.claimed_at)) " \
 	"  FOR UPDATE SKIP LOCKED)"
 
 /*
@@ -1118,9 +1122,13 @@ outbox_store_next_due(void)
 
 /*
  * Requeue failed messages (all of them when ids is NULL), and with
- * destinations the failed deliveries of routed ones.  The messages are
- * updated as the caller (an external relay needs UPDATE on them, as
- * before); the deliveries as the outbox's owner (delivery.c).
+ * destinations, for a superuser, the failed deliveries of routed ones.
+ * The messages are updated as the caller (an external relay needs UPDATE
+ * on them, as before); the deliveries as the outbox's owner (delivery.c).
+ * Other callers (the default destination's external relay) requeue only
+ * the default destination's messages: the destinations' dead letters are
+ * theirs to requeue (retry_failed(ids, destination), external ones only,
+ * or the filter form, granted to operators).
  */
 int
 outbox_store_retry_failed(ArrayType *ids)
@@ -1139,7 +1147,13 @@ outbox_store_retry_failed(ArrayType *ids)
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	if (!outbox_have_destinations())
 		return store_run(&retry_failed_stmt, args, nulls);
-	nrequeued = outbox_delivery_requeue_failed(ids, &requeued);
+	if (superuser())
+		nrequeued = outbox_delivery_requeue_failed(ids, &requeued);
+	else
+	{
+		nrequeued = 0;
+		requeued = NULL;
+	}
 	args[2] = PointerGetDatum(outbox_uuid_array(requeued, nrequeued));
 	guc_level = outbox_store_connect();
 	(void) outbox_store_execute(&retry_failed_routed_stmt, args, nulls, InvalidSnapshot, 0);

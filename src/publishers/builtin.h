@@ -27,6 +27,7 @@ extern void outbox_register_cloudevents_settings(void);
 
 /* envelope.c: a whole message as one JSON text; bytes as base64 text. */
 extern char *outbox_message_envelope(const OutboxMessage *message);
+extern char *outbox_message_id_envelope(const OutboxMessage *message);
 extern char *outbox_base64_text(const char *data, int len);
 
 #endif							/* OUTBOX_BUILTIN_H */

@@ -11,6 +11,10 @@
  * when it is other UTF-8 text, and otherwise as base64 with
  * "payload_encoding": "base64".
  *
+ * The id envelope, {"id": ..., "topic": ...}, carries none of the message's
+ * content, for channels that others may read: the consumer reads the
+ * message by its id with its own privileges.
+ *
  * Copyright (c) 2026, the outbox developers
  *
  *-------------------------------------------------------------------------
@@ -71,6 +75,19 @@ outbox_base64_text(const char *data, int len)
 		elog(ERROR, "could not encode outbox payload as base64");
 	encoded[written] = '\0';
 	return encoded;
+}
+
+/* Build the id envelope of a message, palloc'd in the current context. */
+char *
+outbox_message_id_envelope(const OutboxMessage *message)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"id\": \"%s\", \"topic\": ", message->id_text);
+	escape_json(&buf, message->topic);
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
 }
 
 /* Build the envelope of a message, palloc'd in the current context. */

@@ -5,10 +5,13 @@
  *		when the transaction that marks the message processed commits.
  *
  * The channel is outbox.notify_channel when set, else the message's topic.
- * The payload is the message's JSON envelope.  NOTIFY limits channels to
- * 63 bytes and payloads to 7999 bytes: a message over either limit can
- * never be delivered, so it is rejected (marked failed at once) with the
- * reason, instead of being retried.
+ * The payload is the message's JSON envelope, or with outbox.notify_envelope
+ * = 'id' (a destination's option "envelope") only its id and topic: every
+ * role that may connect to the database can LISTEN on any channel, so
+ * consumers then read the message itself with their own privileges.
+ * NOTIFY limits channels to 63 bytes and payloads to 7999 bytes: a message
+ * over either limit can never be delivered, so it is rejected (marked
+ * failed at once) with the reason, instead of being retried.
  *
  * Copyright (c) 2026, the outbox developers
  *
@@ -26,6 +29,21 @@
 
 /* outbox.notify_channel (reload): empty means each message's topic. */
 static char *notify_channel = NULL;
+
+/* outbox.notify_envelope (reload): what a notification carries. */
+typedef enum NotifyEnvelope
+{
+	NOTIFY_ENVELOPE_FULL,		/* the whole message */
+	NOTIFY_ENVELOPE_ID			/* its id and topic */
+} NotifyEnvelope;
+
+static const struct config_enum_entry notify_envelope_entries[] = {
+	{"full", NOTIFY_ENVELOPE_FULL, false},
+	{"id", NOTIFY_ENVELOPE_ID, false},
+	{NULL, 0, false}
+};
+
+static int	notify_envelope = NOTIFY_ENVELOPE_FULL;
 
 /* Check outbox.notify_channel: empty, or a valid channel name. */
 static bool
@@ -57,6 +75,7 @@ static void
 notify_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *results)
 {
 	char	   *fixed_channel = OutboxOptionString("channel");
+	bool		id_only = strcmp(OutboxOptionString("envelope"), "id") == 0;
 	int			i;
 
 	for (i = 0; i < nmessages; i++)
@@ -72,14 +91,14 @@ notify_publish(OutboxMessage *messages, int nmessages, OutboxPublishResult *resu
 			continue;
 		}
 		/* The envelope is longer than the payload: spare building it. */
-		if (m->payload_len >= NOTIFY_MAX_PAYLOAD)
+		if (!id_only && m->payload_len >= NOTIFY_MAX_PAYLOAD)
 		{
 			results[i].status = OUTBOX_PUBLISH_REJECT;
 			results[i].error = psprintf("notification payload of over %d bytes exceeds NOTIFY's limit of %d bytes",
 										m->payload_len, NOTIFY_MAX_PAYLOAD - 1);
 			continue;
 		}
-		envelope = outbox_message_envelope(m);
+		envelope = id_only ? outbox_message_id_envelope(m) : outbox_message_envelope(m);
 		if (strlen(envelope) >= NOTIFY_MAX_PAYLOAD)
 		{
 			results[i].status = OUTBOX_PUBLISH_REJECT;
@@ -103,10 +122,21 @@ channel_problem(const char *value)
 	return NULL;
 }
 
-/* A destination's option; it defaults to outbox.notify_channel. */
+/* Why a destination's envelope cannot be one, or NULL. */
+static char *
+envelope_problem(const char *value)
+{
+	if (strcmp(value, "full") == 0 || strcmp(value, "id") == 0)
+		return NULL;
+	return pstrdup("The envelope must be full or id.");
+}
+
+/* A destination's options; they default to the settings. */
 static const OutboxOption notify_options[] = {
 	{.name = "channel", .type = OUTBOX_OPTION_STRING, .setting = "outbox.notify_channel",
 	.check = channel_problem},
+	{.name = "envelope", .type = OUTBOX_OPTION_STRING, .setting = "outbox.notify_envelope",
+	.check = envelope_problem},
 };
 
 static const OutboxPublisher notify_publisher = {
@@ -122,7 +152,7 @@ static const OutboxPublisher notify_publisher = {
 	.noptions = lengthof(notify_options),
 };
 
-/* Define the notify publisher's setting and register it. */
+/* Define the notify publisher's settings and register it. */
 void
 outbox_register_notify_publisher(void)
 {
@@ -134,5 +164,14 @@ outbox_register_notify_publisher(void)
 							   PGC_SIGHUP,
 							   0,
 							   check_notify_channel, NULL, NULL);
+	DefineCustomEnumVariable("outbox.notify_envelope",
+							 "What a notification of the notify publisher carries: full (the message) or id (its id and topic).",
+							 "A destination's option envelope overrides it.",
+							 &notify_envelope,
+							 NOTIFY_ENVELOPE_FULL,
+							 notify_envelope_entries,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 	OutboxRegisterPublisher(&notify_publisher);
 }

@@ -81,7 +81,8 @@ SELECT col_is_null('outbox', 'messages', 'claimed_by', 'claimed_by is nullable')
 
 SELECT col_type_is('outbox', 'messages', 'destinations', 'integer[]', 'destinations is integer[]');
 SELECT col_is_null('outbox', 'messages', 'destinations', 'destinations is nullable (NULL: the default destination)');
-SELECT col_hasnt_default('outbox', 'messages', 'destinations', 'destinations has no default (the route trigger sets it)');
+SELECT col_default_is('outbox', 'messages', 'destinations', '{}'::int[],
+                      'destinations defaults to the empty array, not routed yet (the route trigger sets it)');
 SELECT has_trigger('outbox', 'messages', 'route', 'outbox.messages has the trigger route');
 SELECT trigger_is('outbox', 'messages', 'route', 'outbox', 'route', 'trigger route runs outbox.route()');
 SELECT is((SELECT tgtype::int & 7 FROM pg_trigger WHERE tgrelid = 'outbox.messages'::regclass AND tgname = 'route'),

@@ -72,11 +72,12 @@ INSERT INTO outbox.messages (id, topic, payload, status)
 SELECT ok((SELECT oldest_pending_age < interval '6 minutes' AND failed = 1
            FROM outbox.stats WHERE topic = 'delta'),
           'failed messages count as failed, not in oldest_pending_age');
--- An id that is not a UUIDv7 (inserted by hand) carries no time.
-INSERT INTO outbox.messages (id, topic, payload)
-    VALUES ('00000000-0000-4000-8000-000000000001', 'epsilon', '\x00');
-SELECT is((SELECT oldest_pending_age FROM outbox.stats WHERE topic = 'epsilon'), NULL,
-          'an id that is not a UUIDv7 gives no age');
+-- An id that is not a UUIDv7 (inserted by hand) carries no time: the age
+-- comes from its created_at, never NULL while it is pending.
+INSERT INTO outbox.messages (id, topic, payload, created_at)
+    VALUES ('00000000-0000-4000-8000-000000000001', 'epsilon', '\x00', now() - interval '3 minutes');
+SELECT is((SELECT oldest_pending_age FROM outbox.stats WHERE topic = 'epsilon'), interval '3 minutes',
+          'an id that is not a UUIDv7 takes its age from created_at');
 
 -- Per destination: the default one, and a destination with a subscription.
 SELECT lives_ok($$SELECT outbox.create_destination('stats_dest', 'notify', '{"channel": "stats_dest"}')$$,

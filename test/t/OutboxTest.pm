@@ -502,18 +502,29 @@ use Test::More;
 
 =item OutboxTest::Listener->new($node, $dbname, @channels)
 
+=item OutboxTest::Listener->new_as($node, $dbname, $user, @channels)
+
+The session connects as the bootstrap superuser, or as $user.
+
 =cut
 
 sub new
 {
 	my ($class, $node, $dbname, @channels) = @_;
+	return $class->new_as($node, $dbname, undef, @channels);
+}
+
+sub new_as
+{
+	my ($class, $node, $dbname, $user, @channels) = @_;
 	my $self = bless {
 		node => $node,
 		dbname => $dbname,
 		received => [],
 		json => JSON::PP->new->utf8,
 	}, $class;
-	$self->{psql} = $node->background_psql($dbname);
+	$self->{psql} = $node->background_psql($dbname,
+		defined $user ? (extra_params => [ '-U', $user ]) : ());
 	$self->{psql}->set_query_timer_restart;
 	$self->listen($_) for @channels;
 	return $self;
