@@ -67,9 +67,9 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 /*
- * How long DROP DATABASE waits for the database's worker to exit, and how
- * long the launcher may start none at most (the drop lifts the pause when
- * it ends, however it ends).
+ * How long DROP DATABASE (or ALTER DATABASE ... RENAME) waits for the
+ * database's workers to exit, and how long the launcher may start none at
+ * most (the statement lifts the pause when it ends, however it ends).
  */
 #define DROP_DATABASE_WAIT_MS	5000
 #define DROP_DATABASE_PAUSE_MS	60000
@@ -337,10 +337,11 @@ outbox_shmem_startup_hook(void)
 }
 
 /*
- * Before DROP DATABASE runs, stop the workers connected to that database
- * (its main worker and its destinations' workers) and keep the launcher
- * from starting them again for a while, so that the drop does not fail
- * with "database is being accessed by other users".
+ * Before DROP DATABASE (or ALTER DATABASE ... RENAME) runs, stop the
+ * workers connected to that database (its main worker and its
+ * destinations' workers) and keep the launcher from starting them again
+ * for a while, so that the statement does not fail with "database is
+ * being accessed by other users".
  */
 static void
 stop_workers_for_drop(const char *dbname)
@@ -361,13 +362,29 @@ stop_workers_for_drop(const char *dbname)
 }
 
 /*
- * Whether a DROP DATABASE would get as far as the connections check: run
- * at top level outside a transaction block, by the owner of an existing
- * database other than the current one.  Anything else fails on its own,
- * and must not stop a worker on the way.
+ * The database a statement needs to itself (no other session connected):
+ * DROP DATABASE's, and ALTER DATABASE ... RENAME's; NULL for any other.
+ */
+static const char *
+database_needed_alone(Node *statement)
+{
+	if (IsA(statement, DropdbStmt))
+		return ((DropdbStmt *) statement)->dbname;
+	if (IsA(statement, RenameStmt) && ((RenameStmt *) statement)->renameType == OBJECT_DATABASE)
+		return ((RenameStmt *) statement)->subname;
+	return NULL;
+}
+
+/*
+ * Whether such a statement would get as far as the connections check: run
+ * at top level outside a transaction block (where DROP DATABASE must run
+ * anyway; a RENAME inside one is left to fail as before, since its
+ * workers could be let back only once it commits), by the owner of an
+ * existing database other than the current one.  Anything else fails on
+ * its own, and must not stop a worker on the way.
  */
 static bool
-drop_database_would_proceed(const char *dbname, ProcessUtilityContext context)
+database_statement_would_proceed(const char *dbname, ProcessUtilityContext context)
 {
 	Oid			dboid;
 
@@ -379,22 +396,22 @@ drop_database_would_proceed(const char *dbname, ProcessUtilityContext context)
 	return object_ownercheck(DatabaseRelationId, dboid, GetUserId());
 }
 
-/* Utility hook: make way for DROP DATABASE of a relayed database. */
+/*
+ * Utility hook: make way for DROP DATABASE or ALTER DATABASE ... RENAME
+ * of a relayed database.
+ */
 static void
 outbox_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   bool readOnlyTree, ProcessUtilityContext context,
 					   ParamListInfo params, QueryEnvironment *queryEnv,
 					   DestReceiver *dest, QueryCompletion *qc)
 {
-	const char *volatile dropped_db = NULL;
+	const char *volatile alone_db = database_needed_alone(pstmt->utilityStmt);
 
-	if (IsA(pstmt->utilityStmt, DropdbStmt) &&
-		drop_database_would_proceed(((DropdbStmt *) pstmt->utilityStmt)->dbname,
-									context))
-	{
-		dropped_db = ((DropdbStmt *) pstmt->utilityStmt)->dbname;
-		stop_workers_for_drop(dropped_db);
-	}
+	if (alone_db != NULL && database_statement_would_proceed(alone_db, context))
+		stop_workers_for_drop(alone_db);
+	else
+		alone_db = NULL;
 
 	PG_TRY();
 	{
@@ -407,19 +424,20 @@ outbox_process_utility(PlannedStmt *pstmt, const char *queryString,
 	}
 	PG_CATCH();
 	{
-		/* The drop failed: the database stays, so should its worker. */
-		if (dropped_db)
-			outbox_shmem_resume_worker(dropped_db);
+		/* The statement failed: the database stays, so should its workers. */
+		if (alone_db)
+			outbox_shmem_resume_worker(alone_db);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 
 	/*
-	 * The database is gone: the launcher finds it missing, and a database
-	 * created again under that name gets a worker with its first commit.
+	 * The database is gone, or has another name: the launcher finds the
+	 * listed name missing, and a database created (or renamed) again under
+	 * it gets its workers with its first commit or the launcher's recheck.
 	 */
-	if (dropped_db)
-		outbox_shmem_resume_worker(dropped_db);
+	if (alone_db)
+		outbox_shmem_resume_worker(alone_db);
 }
 
 /*
