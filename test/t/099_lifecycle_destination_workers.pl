@@ -126,8 +126,11 @@ ok(OutboxTest::poll_until($node, 'postgres',
 		  . "AND backend_type IN ('outbox worker', 'outbox destination worker')", '0'),
 	'DROP EXTENSION: every worker of the database exits');
 note(sprintf('DROP EXTENSION until no worker was left: %.2f s', time() - $t0));
+# (CASCADE dropped app.deliver with the type of its argument.)
 $node->safe_psql('victim', q{
 CREATE EXTENSION outbox;
+CREATE FUNCTION app.deliver(m outbox.messages) RETURNS void LANGUAGE sql
+	AS $$ INSERT INTO app.received VALUES (m.id) $$;
 SELECT outbox.create_destination('n1', 'notify', '{"channel": "n1"}');
 SELECT outbox.create_destination('n2', 'notify', '{"channel": "n2"}');
 SELECT outbox.create_destination('f1', 'function', '{"function": "app.deliver"}');
