@@ -45,7 +45,8 @@ outbox.poll_interval = '100ms'
 $node->safe_psql('postgres',
 	'CREATE TABLE public.saves (id uuid PRIMARY KEY, phase int NOT NULL, backend int NOT NULL)');
 
-# pgbouncer: transaction pooling, three server connections for everyone.
+# pgbouncer: transaction pooling, three server connections for everyone
+# (kept open: min_pool_size), used in turn (server_round_robin).
 my $dir = PostgreSQL::Test::Utils::tempdir('pgbouncer');
 my $bport = PostgreSQL::Test::Cluster::get_free_port();
 open my $fh, '>', "$dir/userlist.txt" or die $!;
@@ -62,6 +63,7 @@ print $fh "[databases]\n",
   "auth_file = $dir/userlist.txt\n",
   "pool_mode = transaction\n",
   "default_pool_size = 3\n",
+  "min_pool_size = 3\n",
   "max_client_conn = 100\n",
   "server_round_robin = 1\n",
   "logfile = $dir/pgbouncer.log\n",
@@ -163,6 +165,12 @@ my @pool = backends(1);
 cmp_ok(scalar @pool, '>=', 2, 'the saves ran on several pooled server connections')
   or diag("backends: @pool");
 cmp_ok(scalar @pool, '<=', 3, 'no more than the pool holds');
+# The pool's server connections (the only other client backends), whether
+# phase 1 used each or not.
+my $pooled = "FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+ok(OutboxTest::poll_until($node, 'postgres', "SELECT count(*) $pooled", '3'),
+	'pgbouncer holds three server connections');
+@pool = split /\n/, $node->safe_psql('postgres', "SELECT pid $pooled");
 is_deeply(delivered_to(1), { default => 360 },
 	'before any subscription: every message to the default destination');
 
