@@ -30,13 +30,15 @@
 
 # The one list.  test has the client libraries of the broker plug-ins (each
 # is built when its library is installed), the servers their tests start,
-# and the Prometheus exporter that test/t/160_prometheus.pl runs.
+# the Prometheus exporter that test/t/160_prometheus.pl runs, Patroni and
+# etcd for test/t/170_patroni.pl and pgbouncer for test/t/171_pgbouncer.pl
+# (the tests start their own; the packages' services are never started).
 outbox_packages_build=(build-essential postgresql-server-dev-15 libcurl4-openssl-dev pkg-config)
 outbox_packages_demo=(postgresql-15)
 outbox_packages_test=(postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl libipc-run-perl
     python3 python3-psycopg2 openssl
     librdkafka-dev libnats-dev nats-server librabbitmq-dev rabbitmq-server libhiredis-dev redis-server
-    prometheus-postgres-exporter)
+    prometheus-postgres-exporter patroni etcd-server pgbouncer)
 outbox_packages_bench=(postgresql-15-pgq3 python3 python3-psycopg2)
 outbox_packages_pgbuild=(build-essential dpkg-dev bison flex perl libipc-run-perl zlib1g-dev liblz4-dev
     bzip2 xz-utils patch debian-archive-keyring)

@@ -34,7 +34,14 @@
 #                       (nats-server, rabbitmq-server, redis-server) is missing;
 #                       so do 105_cloudevents_http without node and npm (or
 #                       when npm cannot install the CloudEvents SDK) and
-#                       160_prometheus without prometheus-postgres-exporter
+#                       160_prometheus without prometheus-postgres-exporter;
+#                       and so do 170_patroni (patroni, etcd-server) and
+#                       171_pgbouncer (pgbouncer), as under OUTBOX_REQUIRE_HA
+#   OUTBOX_REQUIRE_HA   if set, 170_patroni fails instead of skipping when
+#                       patroni, patronictl or etcd is missing, and
+#                       171_pgbouncer when pgbouncer is (Debian's packages:
+#                       scripts/packages.sh installs them with the test group;
+#                       the tests start their own, never the services)
 #   PG_TEST_TIMEOUT_DEFAULT, PG_TEST_EXTRA   passed on to the TAP framework
 #
 # Output ends with a line "N passed, N failed" counting suites.  The exit
