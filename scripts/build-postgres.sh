@@ -36,7 +36,8 @@
 #   --with-lz4            lz4 TOAST compression, as Debian's packages have
 #                         (test/pgtap/bad_input.sql stores lz4-compressed payloads)
 #   zlib (the default)    pg_dump's compressed formats
-#   contrib_modules       the contrib modules the suites load (auto_explain)
+#   contrib_modules       the contrib modules the suites load (auto_explain,
+#                         pg_stat_statements)
 # pg_isolation_regress, pg_regress, pg_dump, pgbench and psql come with the
 # core build.
 #
@@ -63,8 +64,9 @@ jobs=${OUTBOX_PG_JOBS:-$(nproc 2>/dev/null || echo 2)}
 suite=${OUTBOX_PG_SUITE:-sid}
 
 configure_flags=(--enable-tap-tests --enable-cassert --enable-debug --with-lz4 --without-icu --without-readline)
-# The contrib modules the suites load (066_stale_statistics: auto_explain).
-contrib_modules=(auto_explain)
+# The contrib modules the suites load (066_stale_statistics: auto_explain;
+# 098_destinations_secret_paths: auto_explain and pg_stat_statements).
+contrib_modules=(auto_explain pg_stat_statements)
 # Debian's patches that are not applied: they move files into Debian's
 # per-version directories and sockets into /var/run/postgresql, which a
 # private prefix must not do.
