@@ -116,12 +116,13 @@ sub plan
 	return;
 }
 
-# Answer 2xx steps of $topic with 500 at random, with probability $p.
+# Answer 2xx steps of $topic with 500 at random, with probability $p;
+# %step adds to the step (delay_ms => ...).
 sub plan_random_failures
 {
-	my ($self, $topic, $p) = @_;
+	my ($self, $topic, $p, %step) = @_;
 	$self->_call('POST', '/_control/plan',
-		{ topic => $topic, steps => [ { status => 200 } ], random_fail => $p });
+		{ topic => $topic, steps => [ { status => 200, %step } ], random_fail => $p });
 	return;
 }
 
