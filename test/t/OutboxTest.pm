@@ -429,6 +429,26 @@ sub wait_for_log_line
 
 =pod
 
+=item publishing_progress($node, $pid, $topic)
+
+One snapshot: how many messages of $topic are processed, and whether
+worker $pid is publishing a batch (its activity says so).  Returns
+(processed, publishing), or () when the query failed.
+
+=cut
+
+sub publishing_progress
+{
+	my ($node, $pid, $topic) = @_;
+	my $row = query_value($node, 'postgres',
+		"SELECT (SELECT count(*) FROM outbox.messages WHERE topic = '$topic' AND status = 'processed') "
+		  . "|| '|' || (SELECT count(*) FROM pg_stat_activity WHERE pid = $pid "
+		  . "AND query = 'publishing outbox messages')");
+	return defined $row ? split(/\|/, $row) : ();
+}
+
+=pod
+
 =item reload_applied($node, %options)
 
 Make a reload the relay worker shows: append a new application_name to
