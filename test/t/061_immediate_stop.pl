@@ -4,19 +4,24 @@
 #
 # Each cycle starts OutboxChecker's pgbench savers (save(), batch path,
 # triggers; commits and rollbacks), commits a backlog, stops the server
-# with -m immediate at a random moment of the drain (no shutdown
-# checkpoint: the start replays WAL), starts it, and waits for the relay
-# worker and the listener to come back.  At the end the savers stop, the
-# backlog drains, and the checker must pass: every committed message stored
-# and processed, nothing rolled back stored or delivered, and the
-# listener's deliveries complete for its last connection, without
-# duplicates inside a connection and in sequence order per key.
+# with -m immediate (no shutdown checkpoint: the start replays WAL), starts
+# it, and waits for the relay worker to come back.  In odd cycles the stop
+# comes while the worker is provably inside a batch: the backlog carries a
+# gate at a random message, and the worker's call for it waits for a lock
+# the test holds; the test stops the server once it sees the worker waiting
+# there (pg_locks).  In even cycles it comes after a random delay, in any
+# state of the worker.
 #
-# As in 060_kill_worker.pl, NOTIFY does not survive the server going down:
-# what the listening client had not read is lost to it, so delivery across
-# the restarts is proved by the table (a message is marked processed in the
-# transaction that NOTIFYs it), and duplicates across connections are
-# allowed and reported.
+# The consumer is a `function` publisher recording each message in
+# checker.received in the worker's transaction that marks it, so what it
+# recorded survives the restarts exactly as the marks do (a NOTIFY
+# listener's connection would end with each stop, and what the new worker
+# published before it listened again would be proved only by the status
+# column).  After each restart, nothing may be marked processed that the
+# consumer did not receive.  At the end the savers stop, the backlog
+# drains, and the checker must pass: every committed message stored and
+# processed, nothing rolled back stored or delivered, and the consumer's
+# deliveries complete, each message once, in sequence order per key.
 
 use strict;
 use warnings;
@@ -40,113 +45,80 @@ log_statement = 'none'
 
 my $checker = OutboxChecker->new($node, topic => 'chk', nkeys => 16);
 $checker->install;
-my $listener = $checker->listener;
+my $consumer = $checker->function_consumer('main');
+OutboxTest::set_conf($node,
+	'outbox.publisher' => 'function',
+	'outbox.publisher_function' => 'checker.receive_main');
 
-# Wait in the server until TARGET messages are processed, looking every
-# millisecond, and return how many are not processed then (-1 after
-# TIMEOUT seconds).  A poll from here (a psql per look) can miss a whole
-# fast drain between two looks, and then no stop comes during a drain.
-$node->safe_psql('postgres', q{
-CREATE FUNCTION wait_processed(target bigint, timeout_s float8) RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-	deadline timestamptz := clock_timestamp() + timeout_s * interval '1 second';
-	done bigint;
-	left_over bigint;
-BEGIN
-	LOOP
-		SELECT count(*) FILTER (WHERE status = 'processed'),
-			   count(*) FILTER (WHERE status <> 'processed')
-		  INTO done, left_over FROM outbox.messages;
-		IF done >= target THEN
-			RETURN left_over;
-		END IF;
-		IF clock_timestamp() > deadline THEN
-			RETURN -1;
-		END IF;
-		PERFORM pg_sleep(0.001);
-	END LOOP;
-END $$});
-
-# Messages processed so far, and those not (yet): one snapshot.
-sub progress
+# Messages not processed (yet).
+sub unfinished
 {
-	my $row = OutboxTest::query_value($node, 'postgres',
-		"SELECT count(*) FILTER (WHERE status = 'processed') || ',' || "
-		  . "count(*) FILTER (WHERE status <> 'processed') FROM outbox.messages");
-	return defined $row ? split(/,/, $row) : (0, -1);
+	return OutboxTest::query_value($node, 'postgres',
+		"SELECT count(*) FROM outbox.messages WHERE status <> 'processed'") // -1;
 }
 
 my $t_start = time();
-my ($mid_drain, $restarted) = (0, 0);
+my ($gated, $at_gate, $restarted) = (0, 0, 0);
 my @pending_at_stop;
 
 for my $i (1 .. $cycles)
 {
+	my $pid = OutboxTest::wait_for_worker($node, 'postgres')
+	  or die("cycle $i: no worker");
 	$checker->start_savers(clients => 4, rate => 150)
 	  or die("cycle $i: savers did not start");
-	# A random moment: in odd cycles once the worker has published a random
-	# part of the burst (a drain can be faster than any fixed delay), in
-	# even ones after a random delay (any state of the worker).
-	my ($processed) = progress();
 	my $burst = 4000 + int(rand(4000));
-	my $pending;
-	$checker->save_burst($burst);
 	if ($i % 2 == 0)
 	{
+		$checker->save_burst($burst);
 		usleep(int(rand(300_000)));
-		(undef, $pending) = progress();
 	}
 	else
 	{
-		# The stop follows the query that saw the target reached at once: a
-		# second query would give a fast drain the time to finish.
-		my $target = $processed + 1 + int(rand($burst * 0.3));
-		# A generous limit: a loaded machine (or an assert-enabled build)
-		# drains slowly, and a limit reached is a stop outside a drain.
-		$pending = $node->safe_psql('postgres', "SELECT wait_processed($target, 180)");
-		diag("cycle $i: the drain did not reach $target processed messages within 180 s")
-		  if $pending < 0;
+		# The gate at a random message of the first 30% of the burst.
+		$gated++;
+		$checker->hold_gate;
+		$checker->save_burst_gated($burst, 'main', int(rand($burst * 0.3)));
+		my $waiting = $checker->wait_at_gate(180);
+		if (defined $waiting && $waiting == $pid)
+		{
+			$at_gate++;
+		}
+		else
+		{
+			diag("cycle $i: worker $pid did not reach the gate (waiting: "
+				  . ($waiting // 'nobody') . ')');
+		}
 	}
-	push @pending_at_stop, $pending;
-	$mid_drain++ if $pending > 0;
+	push @pending_at_stop, unfinished();
 
 	$node->stop('immediate');
 	$node->start;
 	$restarted++
-	  if OutboxTest::wait_for_worker($node, 'postgres')
-	  && $listener->wait_connected($OutboxTest::TIMEOUT);
+	  if OutboxTest::wait_for_worker($node, 'postgres');
+	$checker->release_gate;
+	$checker->check_status("after stop $i", $consumer);
 }
 is($restarted, $cycles,
 	"$cycles immediate shutdowns, each followed by a start with the worker running again");
 note("unfinished messages at each stop: @pending_at_stop");
-cmp_ok($mid_drain, '>=', 3, "most stops came during a drain ($mid_drain of $cycles)");
+is($at_gate, $gated,
+	"every gated stop ($gated) came while the worker was inside a batch, waiting at the gate");
 
 $checker->start_savers(clients => 4, rate => 150)
   or die('savers did not start after the last restart');
 $checker->save_burst(1000);
-ok( $listener->wait_for(
-		$OutboxTest::TIMEOUT, sub { @{ $_[0] } > 0 && $_[0][-1]{epoch} == $cycles + 1 }),
-	'the listener receives after the last restart');
 $checker->stop_savers;
 
-ok($checker->wait_drained(120, $listener), 'everything drains after the last restart');
+ok($checker->wait_drained(180), 'everything drains after the last restart');
 is( $node->safe_psql('postgres',
 		"SELECT count(*) FROM outbox.messages WHERE status <> 'processed'"),
 	'0', 'nothing is left pending, processing or failed');
 
-my $report = $checker->check(
-	"after $cycles immediate shutdowns",
-	sources => [$listener],
-	duplicates => 'crash');
-my $l = $report->{sources}{ $listener->name };
-note(sprintf(
-		'%d cycles in %.0f s; %d committed, ~%d rolled back; listener: %d deliveries over %d connections, '
-		  . '%d messages delivered more than once (%d extra deliveries)',
+my $report = $checker->check("after $cycles immediate shutdowns", sources => [$consumer]);
+note(sprintf('%d cycles in %.0f s; %d committed, ~%d rolled back; the consumer received %d',
 		$cycles, time() - $t_start, $report->{committed}, $report->{rolled_back},
-		$l->{deliveries}, $l->{epochs}, $l->{duplicated_messages},
-		$l->{extra_deliveries}));
+		$report->{sources}{ $consumer->name }{deliveries}));
 
-$listener->quit;
 $node->stop;
 done_testing();

@@ -69,9 +69,15 @@ ok(OutboxTest::wait_until(120, sub { errors_so_far() >= 5000 }),
 	'and 5,000')
   or diag('errors so far: ' . errors_so_far());
 my $memory_at_5000 = worker_memory();
-note("worker RssAnon: $memory_at_1000 kB at 1,000 errors, $memory_at_5000 kB at 5,000");
-cmp_ok($memory_at_5000 - $memory_at_1000, '<', 1024,
-	"the worker's memory stayed flat ($memory_at_1000 kB, then $memory_at_5000 kB)");
+SKIP:
+{
+	# Without a measurement there is nothing to compare: say so.
+	skip("cannot read RssAnon from /proc/$pid/status: the worker's memory is not measured", 1)
+	  unless defined $memory_at_1000 && defined $memory_at_5000;
+	note("worker RssAnon: $memory_at_1000 kB at 1,000 errors, $memory_at_5000 kB at 5,000");
+	cmp_ok($memory_at_5000 - $memory_at_1000, '<', 1024,
+		"the worker's memory stayed flat ($memory_at_1000 kB, then $memory_at_5000 kB)");
+}
 
 is(OutboxTest::worker_pid($node, 'postgres'), $pid, 'the same worker runs');
 my $offset = OutboxTest::log_position($node);

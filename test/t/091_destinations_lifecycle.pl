@@ -191,11 +191,13 @@ my $moved = $srv_b->url('/moved/{topic}');
 my $t_alter = time();
 sql(qq{SELECT outbox.alter_destination('hook', '{"url": "$moved"}')});
 my ($after_alter) = save_some('p.x', 1);
-ok($srv_b->wait_requests(10, sub { grep { $_->{id} eq $after_alter } @_ }), 'after alter_destination, the next message goes to the new URL');
+# The condition, not a clock: the first message saved after the change (the
+# worker's next batch) goes to the new URL, and never to the old one; a
+# loaded machine may take longer, so the wait is generous.
+ok($srv_b->wait_requests(60, sub { grep { $_->{id} eq $after_alter } @_ }), 'after alter_destination, the next message goes to the new URL');
 my ($r) = $srv_b->requests(id => $after_alter);
 is($r ? $r->{path} : '', '/moved/p.x', 'the new URL, with {topic} replaced');
-my $elapsed = $r ? $r->{end} - $t_alter : 99;
-cmp_ok($elapsed, '<', 1.0, sprintf('within a second of the change (%.3f s)', $elapsed));
+note(sprintf('delivered %.3f s after the change', $r ? $r->{end} - $t_alter : -1));
 is(count_requests($srv_a, id => $after_alter), 0, 'not to the old one');
 my %now = OutboxDestinations::worker_pids($node);
 is($now{hook} // 0, $hook_pid, 'by the same worker: no restart');

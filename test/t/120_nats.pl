@@ -207,12 +207,8 @@ for my $attempt (1 .. 8)
 	my $caught = OutboxTest::wait_until(
 		30,
 		sub {
-			my $row = OutboxTest::query_value($node, 'postgres',
-				"SELECT (SELECT count(*) FROM outbox.messages WHERE topic = 'bulk' AND status = 'processed') "
-				  . "|| '|' || (SELECT count(*) FROM pg_stat_activity WHERE pid = $pid "
-				  . "AND query = 'publishing outbox messages')");
-			return 0 unless defined $row;
-			my ($done, $publishing) = split /\|/, $row;
+			my ($done, $publishing) = OutboxTest::publishing_progress($node, $pid, 'bulk');
+			return 0 unless defined $done;
 			my $stored = $nats->count('BULK');
 			return $publishing && defined $stored && $stored - $done >= 50
 			  && $done < $total - 5000;

@@ -2,10 +2,15 @@
 # cluster, with a stream of 3 replicas:
 #
 #  - messages saved in chunks while the worker publishes; after a few
-#    chunks the node the worker is connected to is killed (SIGKILL); the
-#    worker reconnects to another node by itself, the remaining two keep
-#    the stream's quorum, and every message ends up processed and in the
-#    stream exactly once (nothing lost, republications deduplicated).
+#    chunks the node the worker is connected to is killed (SIGKILL) while
+#    the worker is provably publishing a batch (its activity says so, with
+#    unfinished messages, in one snapshot just before the kill; if the
+#    batch ends first, another chunk and another try); the same worker
+#    process reconnects to another node by itself, the remaining two keep
+#    the stream's quorum, the messages saved before the kill that were not
+#    processed yet go out after it, and every message ends up processed and
+#    in the stream exactly once (nothing lost, republications
+#    deduplicated).
 
 use strict;
 use warnings;
@@ -58,21 +63,60 @@ sub count_of
 my $chunk = 400;
 my $chunks = 15;
 my $kill_after = 4;
-my $killed;
-for my $i (1 .. $chunks)
+my $big = 4000;    # the chunk before the kill: a backlog that takes a while
+my $total = 0;
+
+sub save_chunk
 {
+	my ($i, $n) = @_;
 	$node->safe_psql('postgres', qq{
 		SELECT outbox.save('events.e' || (i % 4), ('{"chunk": $i, "i": ' || i || '}')::jsonb, 'k' || (i % 50))
-		FROM generate_series(1, $chunk) i});
+		FROM generate_series(1, $n) i});
+	$total += $n;
+	return;
+}
+
+my ($killed, $worker, $last_id_at_kill);
+for my $i (1 .. $chunks)
+{
+	save_chunk($i, $i == $kill_after ? $big : $chunk);
 	if ($i == $kill_after)
 	{
 		my $target = OutboxTest::wait_until(10, \&connected_node);
 		ok($target, 'the worker is connected to a node') or last;
-		# with messages of this chunk still pending or in flight
-		my $left = count_of("'pending', 'processing'");
-		$target->stop('KILL');
+		$worker = OutboxTest::worker_pid($node, 'postgres');
+		# Kill once the worker is publishing a batch, with messages not yet
+		# processed, seen in one snapshot; if a batch ends first, save
+		# another chunk and try again.
+		my $caught;
+		for my $try (1 .. 5)
+		{
+			$caught = OutboxTest::wait_until(
+				10,
+				sub {
+					my $row = OutboxTest::query_value($node, 'postgres',
+						"SELECT (SELECT count(*) FROM pg_stat_activity WHERE pid = $worker "
+						  . "AND query = 'publishing outbox messages') || '|' || "
+						  . "(SELECT count(*) FROM outbox.messages WHERE status <> 'processed') || '|' || "
+						  . "(SELECT id FROM outbox.messages ORDER BY id DESC LIMIT 1)");
+					return 0 unless defined $row;
+					my ($publishing, $left, $max_id) = split /\|/, $row;
+					return 0 unless $publishing && $left > 0;
+					$target->stop('KILL');
+					$last_id_at_kill = $max_id;
+					note("killed $target->{name} with $left messages not yet processed (try $try)");
+					return 1;
+				});
+			last if $caught;
+			save_chunk(100 + $try, $big);
+		}
+		ok($caught, 'the node was killed while the worker was publishing a batch') or last;
 		$killed = $target;
-		note("killed $killed->{name} with $left messages not yet processed");
+		# Proof that publishing went on across the kill: messages saved
+		# before it were still unfinished after it.
+		my $left = $node->safe_psql('postgres',
+			"SELECT count(*) FROM outbox.messages WHERE id <= '$last_id_at_kill' AND status <> 'processed'");
+		cmp_ok($left, '>', 0, "messages saved before the kill were unfinished after it ($left)");
 	}
 	else
 	{
@@ -84,7 +128,6 @@ for my $i (1 .. $chunks)
 }
 ok($killed, 'a node was killed while messages were being published');
 
-my $total = $chunk * $chunks;
 ok( OutboxTest::poll_until($node, 'postgres',
 		"SELECT count(*) FROM outbox.messages WHERE status IN ('pending', 'processing')", '0', 90),
 	'every message settled');
@@ -93,7 +136,9 @@ is(count_of("'failed'"), 0, 'none failed');
 
 my @alive = grep { $_->{pid} } @nodes;
 my $new = OutboxTest::wait_until(10, \&connected_node);
-ok($new && $new != $killed, 'the worker reconnected to another node by itself');
+ok($new, 'the worker is connected to a node that is still up');
+is(OutboxTest::worker_pid($node, 'postgres'), $worker,
+	'the same worker reconnected by itself (it was not restarted)');
 
 my @msgs = $alive[0]->dump('EVENTS');
 my %seen;

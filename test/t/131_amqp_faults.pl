@@ -59,27 +59,41 @@ sub processed
 ########################################################################
 # 1. kill -9 of the worker with a backlog in flight.
 
+my $burst = 30000;
 OutboxTest::set_conf($node, 'outbox.enabled' => 'off', 'outbox.batch_size' => '2000');
-$checker->save_burst(20000);
+$checker->save_burst($burst);
 ok($checker->start_savers(clients => 4, rate => 100), 'savers started');
 OutboxTest::set_conf($node, 'outbox.enabled' => 'on');
 
 my $kills = 0;
-for my $attempt (1 .. 3)
+# Kill while the worker is publishing (its activity says so, in the same
+# snapshot as the count of processed messages) and messages are in the
+# queue but not yet marked processed.  The kill can still come just after
+# the batch was marked (the counts are a few milliseconds old by then), and
+# then it makes no duplicate: try again, up to eight times, with enough
+# messages left for each try, until the queue holds a message twice.
+for my $attempt (1 .. 8)
 {
-	# Kill while messages are in the queue but not yet marked processed.
 	my $pid = OutboxTest::worker_pid($node, 'postgres') or last;
+	my $queued_at_kill;
 	my $caught = OutboxTest::wait_until(
 		30,
 		sub {
-			my $done = processed();
-			my $queued = $mq->count('chk');
-			return defined $done && defined $queued && $queued - $done >= 50 && $done < 16000;
+			my ($done, $publishing) = OutboxTest::publishing_progress($node, $pid, 'chk');
+			return 0 unless defined $done;
+			$queued_at_kill = $mq->count('chk');
+			return $publishing && defined $queued_at_kill && $queued_at_kill - $done >= 50
+			  && $done < $burst - 5000;
 		});
 	last unless $caught;
 	kill 'KILL', $pid;
 	$kills++;
 	OutboxTest::wait_for_worker($node, 'postgres', not_pid => $pid) or last;
+	# Once the new worker marked as many as were queued at the kill, what the
+	# dead one had published unmarked went out again.
+	OutboxTest::wait_until(60, sub { (processed() // 0) >= $queued_at_kill });
+	$source->deliveries;
+	last if $source->duplicates > 0;
 }
 ok($kills > 0, "worker killed $kills time(s) with messages in flight");
 $checker->stop_savers;

@@ -56,28 +56,37 @@ sub processed
 ########################################################################
 # 1. kill -9 of the worker with a backlog in flight.
 
+my $burst = 30000;
 OutboxTest::set_conf($node, 'outbox.enabled' => 'off', 'outbox.batch_size' => '2000');
-$checker->save_burst(20000);
+$checker->save_burst($burst);
 ok($checker->start_savers(clients => 4, rate => 100), 'savers started');
 my $offset = OutboxTest::log_position($node);
 OutboxTest::set_conf($node, 'outbox.enabled' => 'on');
 
 my $kills = 0;
-for my $attempt (1 .. 3)
+# Kill while the worker is publishing (its activity says so, in the same
+# snapshot as the count of processed messages) and messages are in the
+# stream but not yet marked processed.  The kill can still come just after
+# the batch was marked (the counts are a few milliseconds old by then), and
+# then it makes no duplicate: try again, up to eight times, with enough
+# messages left for each try, until the new worker reports messages that
+# were already in their stream.
+for my $attempt (1 .. 8)
 {
-	# Kill while messages are in the stream but not yet marked processed.
 	my $pid = OutboxTest::worker_pid($node, 'postgres') or last;
 	my $caught = OutboxTest::wait_until(
 		30,
 		sub {
-			my $done = processed();
+			my ($done, $publishing) = OutboxTest::publishing_progress($node, $pid, 'chk');
+			return 0 unless defined $done;
 			my $stored = $redis->xlen('chk');
-			return defined $done && defined $stored && $stored - $done >= 50 && $done < 16000;
+			return $publishing && defined $stored && $stored - $done >= 50 && $done < $burst - 5000;
 		});
 	last unless $caught;
 	kill 'KILL', $pid;
 	$kills++;
 	OutboxTest::wait_for_worker($node, 'postgres', not_pid => $pid) or last;
+	last if OutboxTest::wait_for_log_line($node, qr/were already in their stream/, $offset, 20);
 }
 ok($kills > 0, "worker killed $kills time(s) with messages in flight");
 $checker->stop_savers;

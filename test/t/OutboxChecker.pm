@@ -45,7 +45,11 @@
 #                             $checker->consumer is one over checker.consumed,
 #                             which external relays (start_relays: pgbench
 #                             clients claiming with outbox.fetch_pending())
-#                             fill in the transaction that marks processed.
+#                             fill in the transaction that marks processed;
+#                             $checker->function_consumer($name) one over
+#                             checker.received, which a `function` publisher
+#                             or destination fills in the worker's
+#                             transaction that marks processed.
 #
 # check() asserts (one TAP test each):
 #  - savers committed messages and rolled some back;
@@ -57,14 +61,19 @@
 #    epoch no message arrived twice and each key's messages arrived in
 #    increasing sequence; duplicates across epochs (a crash can make the
 #    worker publish again what it published just before) are allowed only
-#    with duplicates => 'crash', and counted in the report.
+#    with duplicates => 'crash', and counted in the report;
+#  - separately, for each source that must receive every committed message
+#    (check_status): no message is marked processed that it did not receive.
+# A message counts as delivered only when a source received it: the status
+# column is written by the code under test, so it proves nothing by itself.
 # Completeness of a listener: every ledger message whose final publication
 # (processed_at) came after the live epoch's LISTEN was received in that
 # epoch; after $listener->complete_all(1) (a listener connected before the
 # first save that never lost its connection), every ledger message.  NOTIFY
 # is not durable: what a listener had not read when the server crashed is
-# lost to it, so across crashes the table (status processed) is the proof
-# that the message was published.
+# lost to it, so a test that crashes the server needs a source that
+# survives the crash: a function consumer (its record commits with the mark)
+# or a receiver outside the server (HTTP, a broker).
 
 package OutboxChecker;
 
@@ -214,6 +223,18 @@ BEGIN
 END
 \$\$;
 
+-- What function consumers received (see function_consumer), in call order,
+-- and the messages at which a consumer waits for the gate (hold_gate).
+CREATE TABLE checker.received (
+	ord		bigserial PRIMARY KEY,
+	consumer text NOT NULL,
+	id		uuid NOT NULL,
+	key		text NOT NULL,
+	seq		bigint,
+	token	bigint
+);
+CREATE TABLE checker.gates (consumer text NOT NULL, id uuid NOT NULL, PRIMARY KEY (consumer, id));
+
 -- A durable consumer fed by an external relay (the store API).
 CREATE TABLE checker.consumed (ord bigserial PRIMARY KEY, id uuid NOT NULL, key text NOT NULL, seq bigint);
 CREATE FUNCTION checker.relay_batch(p_n int) RETURNS int
@@ -263,7 +284,8 @@ sub reset
 {
 	my ($self) = @_;
 	$self->sql(
-		'TRUNCATE checker.ledger, checker.orders, checker.consumed; UPDATE checker.keys SET seq = 0');
+		'TRUNCATE checker.ledger, checker.orders, checker.consumed, checker.received, checker.gates; '
+		  . 'UPDATE checker.keys SET seq = 0');
 	$self->{rolled_back_base} = $self->tokens_used;
 	return;
 }
@@ -404,6 +426,169 @@ sub consumer
 		$self->{node}, $self->{dbname},
 		'SELECT id, key, seq FROM checker.consumed ORDER BY ord',
 		name => 'consumer table');
+}
+
+=pod
+
+=item $checker->function_consumer($name, %options)
+
+A consumer that a C<function> publisher or destination calls: creates
+checker.receive_$name(m outbox.messages), which records the message in
+checker.received (consumer $name, in call order).  It runs in the worker's
+transaction, so its record commits together with the mark, or is lost
+with it: the record, not the message's status, says what was delivered,
+and it survives crashes and restarts.  Returns an OutboxChecker::SqlSource
+over it (in delivery order).  Options: destination (the destination that
+calls it, for check_status; default: the default destination).
+
+=cut
+
+sub function_consumer
+{
+	my ($self, $name, %opt) = @_;
+	croak "consumer name must be a plain identifier" unless $name =~ /^\w+$/;
+	my $topic = $self->{topic};
+	# search_path is pinned to pg_catalog in the call: everything is
+	# schema-qualified.
+	$self->sql(
+		qq{
+CREATE FUNCTION checker.receive_$name(m outbox.messages) RETURNS void
+LANGUAGE plpgsql AS \$\$
+DECLARE
+	p jsonb;
+BEGIN
+	IF EXISTS (SELECT 1 FROM checker.gates g WHERE g.consumer = '$name' AND g.id = m.id) THEN
+		PERFORM pg_advisory_xact_lock_shared($OutboxChecker::gate_key);
+	END IF;
+	IF m.topic = '$topic' THEN
+		p := convert_from(m.payload, 'UTF8')::jsonb;
+	END IF;
+	INSERT INTO checker.received (consumer, id, key, seq, token)
+	VALUES ('$name', m.id, m.key, (p->>'s')::bigint, (p->>'t')::bigint);
+END
+\$\$;
+});
+	return OutboxChecker::SqlSource->new(
+		$self->{node}, $self->{dbname},
+		"SELECT id, key, seq FROM checker.received WHERE consumer = '$name' ORDER BY ord",
+		name => "function consumer $name",
+		destination => $opt{destination});
+}
+
+=pod
+
+=item $checker->save_burst_gated($n, $consumer, $k)
+
+save_burst($n), and in the same transaction set a gate at the burst's
+message number $k (from 0, in id order) for function consumer $consumer:
+while the gate is held (hold_gate), the worker that calls the consumer for
+that message waits there, inside its batch's transaction.
+
+=item $checker->hold_gate, $checker->wait_at_gate($timeout), $checker->release_gate
+
+Take the gate's lock in a session of its own; wait until a backend waits
+for it (returns that backend's pid: a worker provably in the middle of a
+batch), or undef after $timeout seconds; end the holding session (if a
+crash or stop has not ended it already) and remove the gates.
+
+=cut
+
+our $gate_key = 736_736;
+
+sub save_burst_gated
+{
+	my ($self, $n, $consumer, $k) = @_;
+	croak "gate position $k outside a burst of $n" unless $k >= 0 && $k < $n;
+	$self->sql(
+		qq{
+BEGIN;
+SELECT checker.save_burst($n);
+INSERT INTO checker.gates (consumer, id)
+SELECT '$consumer', id FROM
+	(SELECT id, token FROM checker.ledger WHERE via = 'burst' ORDER BY token DESC LIMIT $n) b
+ORDER BY token OFFSET $k LIMIT 1;
+COMMIT;
+});
+	return;
+}
+
+sub hold_gate
+{
+	my ($self) = @_;
+	croak "the gate is held already" if $self->{gate};
+	my $h = $self->{node}->background_psql($self->{dbname});
+	$h->query_safe("SELECT pg_advisory_lock($gate_key)");
+	$self->{gate} = $h;
+	return;
+}
+
+sub wait_at_gate
+{
+	my ($self, $timeout) = @_;
+	my $pid;
+	OutboxTest::wait_until(
+		$timeout // $OutboxTest::TIMEOUT,
+		sub {
+			$pid = OutboxTest::query_value($self->{node}, $self->{dbname},
+				"SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+				  . "AND classid = 0 AND objid = $gate_key AND objsubid = 1 LIMIT 1");
+			return defined $pid && $pid ne '';
+		});
+	return (defined $pid && $pid ne '') ? $pid : undef;
+}
+
+sub release_gate
+{
+	my ($self) = @_;
+	my $h = delete $self->{gate};
+	if ($h)
+	{
+		# After a crash or stop, the session is gone already.
+		eval { $h->quit };
+	}
+	$self->sql('DELETE FROM checker.gates');
+	return;
+}
+
+=pod
+
+=item $checker->check_status($name, $source, %options)
+
+One TAP test: no message of the topic is marked processed (for a source
+with a destination: no delivery of that destination is processed) that
+$source did not receive.  The status is what the code under test says; the
+source is what a consumer got.  For sources that receive every committed
+message (not a listener that lost its connection); callable at any time,
+for example right after a crash.  Options: wait (seconds to wait for a
+receiver to record what it answered, 30).
+
+=cut
+
+sub check_status
+{
+	my ($self, $name, $source, %opt) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my $dest = $source->can('destination') ? $source->destination : undef;
+	my $sql = defined $dest
+	  ? "SELECT d.message_id FROM outbox.deliveries d JOIN outbox.messages m ON m.id = d.message_id "
+	  . "WHERE d.destination = '$dest' AND d.status = 'processed' AND m.topic = '$self->{topic}'"
+	  : "SELECT id FROM outbox.messages WHERE topic = '$self->{topic}' AND status = 'processed'";
+	# The status first, then what the source received (a receiver records
+	# a request once it answered it, maybe after the mark).
+	my @processed = split /\n/, $self->sql($sql);
+	my @unreceived;
+	OutboxTest::wait_until(
+		$opt{wait} // 30,
+		sub {
+			$source->poll if $source->can('poll');
+			my %got = map { ($_->{id} // '') => 1 } @{ $source->deliveries };
+			@unreceived = grep { !$got{$_} } @processed;
+			return !@unreceived;
+		});
+	return is(scalar @unreceived, 0,
+		sprintf('%s: %s: no message is marked processed%s that it did not receive (%d processed)',
+			$name, $source->name, (defined $dest ? " for $dest" : ''), scalar @processed))
+	  || diag("processed, never received: @unreceived[0 .. min(9, $#unreceived)]");
 }
 
 # pgbench as application $app running $script_text; options clients, rate
@@ -800,6 +985,10 @@ sub check
 			sprintf('%s: all %d messages it must have received arrived (%s)',
 				$sname, scalar @required, $source->completeness))
 		  or diag("absent: @absent[0 .. min(9, $#absent)]");
+
+		# Separately: the status never claims more than the consumer got.
+		$self->check_status($name, $source, wait => $opt{wait})
+		  if $source->completeness eq 'every committed message';
 	}
 
 	note("checker report: " . JSON::PP->new->canonical->encode(\%report));
@@ -842,9 +1031,11 @@ A consumer that keeps what it received in a table: a query returns (id,
 key, seq) rows in delivery order.  Every committed message expected as
 processed must be among them.
 
-  OutboxChecker::SqlSource->new($node, $dbname, $sql, name => 'consumer table', ordered => 1)
+  OutboxChecker::SqlSource->new($node, $dbname, $sql, name => 'consumer table', ordered => 1,
+      destination => 'name')
 
-With ordered => 0 the rows' order means nothing (no order check).
+With ordered => 0 the rows' order means nothing (no order check).  With a
+destination, check_status compares with that destination's deliveries.
 
 =cut
 
@@ -860,11 +1051,13 @@ sub new
 		sql => $sql,
 		name => $opt{name} // 'sql source',
 		ordered => $opt{ordered} // 1,
+		destination => $opt{destination},
 	}, $class;
 }
 
 sub name { return $_[0]->{name} }
 sub ordered { return $_[0]->{ordered} }
+sub destination { return $_[0]->{destination} }
 sub epochs { return 1 }
 sub completeness { return 'every committed message' }
 

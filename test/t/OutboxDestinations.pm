@@ -474,7 +474,8 @@ sent may still be read by the receiver after the kill, on its old
 connection).  A message may arrive again in a later epoch (duplicates =>
 'crash'), never twice in one.
 
-  my $source = OutboxDestinations::HttpSource->new($srv, name => 'receiver A', topic => 'chk');
+  my $source = OutboxDestinations::HttpSource->new($srv, name => 'receiver A', topic => 'chk',
+      destination => 'hook_a');    # for OutboxChecker::check_status
   $source->crashed_at(time());     # at each kill -9
 
 =cut
@@ -491,11 +492,13 @@ sub new
 		srv => $srv,
 		name => $opt{name} // 'http receiver',
 		topic => $opt{topic},
+		destination => $opt{destination},
 		crashes => [],
 	}, $class;
 }
 
 sub name { return $_[0]->{name} }
+sub destination { return $_[0]->{destination} }
 sub ordered { return 1 }
 sub epochs { return 1 + scalar @{ $_[0]->{crashes} } }
 sub completeness { return 'every committed message' }

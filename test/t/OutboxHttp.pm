@@ -119,12 +119,13 @@ sub plan
 	return;
 }
 
-# Answer 2xx steps of $topic with 500 at random, with probability $p.
+# Answer 2xx steps of $topic with 500 at random, with probability $p;
+# %step adds to the step (delay_ms => ...).
 sub plan_random_failures
 {
-	my ($self, $topic, $p) = @_;
+	my ($self, $topic, $p, %step) = @_;
 	$self->_call('POST', '/_control/plan',
-		{ topic => $topic, steps => [ { status => 200 } ], random_fail => $p });
+		{ topic => $topic, steps => [ { status => 200, %step } ], random_fail => $p });
 	return;
 }
 
@@ -150,6 +151,26 @@ sub requests
 		push @out, $r;
 	}
 	return sort { $a->{start} <=> $b->{start} } @out;
+}
+
+# The requests a client can have taken as delivered: answered 2xx within
+# $within seconds of their start (a client that times out after T abandons
+# what the receiver answers later, yet the receiver records it as 2xx; give
+# a $within well below T).  Filters as for requests().
+sub answered
+{
+	my ($self, $within, %filter) = @_;
+	return grep { answered_in_time($_, $within) } $self->requests(%filter);
+}
+
+# Whether request record $r was answered 2xx within $within seconds.
+sub answered_in_time
+{
+	my ($r, $within) = @_;
+	return $r->{status} >= 200
+	  && $r->{status} < 300
+	  && !defined $r->{error}
+	  && $r->{end} - $r->{start} < $within;
 }
 
 sub stats

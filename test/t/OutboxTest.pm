@@ -429,6 +429,72 @@ sub wait_for_log_line
 
 =pod
 
+=item publishing_progress($node, $pid, $topic)
+
+One snapshot: how many messages of $topic are processed, and whether
+worker $pid is publishing a batch (its activity says so).  Returns
+(processed, publishing), or () when the query failed.
+
+=cut
+
+sub publishing_progress
+{
+	my ($node, $pid, $topic) = @_;
+	my $row = query_value($node, 'postgres',
+		"SELECT (SELECT count(*) FROM outbox.messages WHERE topic = '$topic' AND status = 'processed') "
+		  . "|| '|' || (SELECT count(*) FROM pg_stat_activity WHERE pid = $pid "
+		  . "AND query = 'publishing outbox messages')");
+	return defined $row ? split(/\|/, $row) : ();
+}
+
+=pod
+
+=item reload_applied($node, %options)
+
+Make a reload the relay worker shows: append a new application_name to
+postgresql.conf, reload, and wait (timeout, 30 s: a loaded machine is
+slow, not wrong) until the worker (backend_type, 'outbox worker') shows it
+in pg_stat_activity.  With mid_batch => 1, first wait until the worker is
+publishing a batch, and report also whether it showed the new name while
+still publishing that batch (same query_start: its batch transaction's
+start), i.e. whether it read the reload without waiting for the batch's
+end.  Returns (applied, same_batch).
+
+=cut
+
+my $reloads = 0;
+
+sub reload_applied
+{
+	my ($node, %opt) = @_;
+	my $type = $opt{backend_type} // 'outbox worker';
+	my $name = 'outbox_hup_' . ++$reloads;
+	my $batch = '';
+	if ($opt{mid_batch})
+	{
+		wait_until(
+			$opt{timeout} // 60,
+			sub {
+				$batch = query_value($node, 'postgres',
+					"SELECT query_start FROM pg_stat_activity WHERE backend_type = '$type' "
+					  . "AND query = 'publishing outbox messages'") // '';
+				return $batch ne '';
+			});
+	}
+	$node->append_conf('postgresql.conf', "application_name = '$name'");
+	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+	my $where = "backend_type = '$type' AND application_name = '$name'";
+	my $applied = poll_until($node, 'postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE $where", '1', $opt{timeout} // 30);
+	return ($applied, 0) unless $opt{mid_batch} && $applied && $batch ne '';
+	my $same = query_value($node, 'postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE $where "
+		  . "AND query = 'publishing outbox messages' AND query_start = '$batch'");
+	return ($applied, ($same // '') eq '1' ? 1 : 0);
+}
+
+=pod
+
 =item missing($why)
 
 Skip the whole test (plan skip_all) because something it needs is missing;
