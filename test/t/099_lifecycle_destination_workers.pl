@@ -38,26 +38,33 @@ my $node = OutboxTest::new_node(
 	extension_in => [ 'postgres', 'victim' ],
 	conf => "outbox.poll_interval = '100ms'");
 
-$node->safe_psql('victim', q{
-CREATE SCHEMA app;
-CREATE TABLE app.received (id uuid PRIMARY KEY);
+# The delivering function, the three destinations and their subscriptions.
+my $destinations_sql = q{
 CREATE FUNCTION app.deliver(m outbox.messages) RETURNS void LANGUAGE sql
 	AS $$ INSERT INTO app.received VALUES (m.id) $$;
 SELECT outbox.create_destination('n1', 'notify', '{"channel": "n1"}');
 SELECT outbox.create_destination('n2', 'notify', '{"channel": "n2"}');
 SELECT outbox.create_destination('f1', 'function', '{"function": "app.deliver"}');
 SELECT outbox.subscribe(d, 'orders.*') FROM unnest(ARRAY['n1', 'n2', 'f1']) d;
-});
+};
+$node->safe_psql('victim', 'CREATE SCHEMA app; CREATE TABLE app.received (id uuid PRIMARY KEY);'
+	  . $destinations_sql);
 my $id = $node->safe_psql('victim', q{SELECT outbox.save('orders.created', '{"n": 1}'::jsonb)});
 ok( OutboxTest::poll_until($node, 'victim',
 		"SELECT count(*) FROM app.received WHERE id = '$id'", '1'),
 	'the function destination delivers (its function received the message)');
+# Wait until each destination has a worker; keeps their pids in %before.
 my %before;
-for my $name (qw(n1 n2 f1))
+sub wait_destination_workers
 {
-	$before{$name} = OutboxDestinations::wait_worker($node, $name, dbname => 'victim');
-	ok($before{$name}, "destination $name has a worker");
+	my ($when) = @_;
+	for my $name (qw(n1 n2 f1))
+	{
+		$before{$name} = OutboxDestinations::wait_worker($node, $name, dbname => 'victim');
+		ok($before{$name}, "destination $name has a worker $when");
+	}
 }
+wait_destination_workers('running');
 my $postgres_worker = OutboxTest::wait_for_worker($node, 'postgres');
 
 # Run a statement in database postgres; returns its error and its seconds.
@@ -110,11 +117,7 @@ is(workers_in('renamed'), '0', 'and a commit there starts none');
 is($error, '', 'renamed back');
 $id = $node->safe_psql('victim', q{SELECT outbox.save('orders.created', '{"n": 4}'::jsonb)});
 ok(delivered('victim', $id), 'the database gets its workers again, and they deliver');
-for my $name (qw(n1 n2 f1))
-{
-	$before{$name} = OutboxDestinations::wait_worker($node, $name, dbname => 'victim');
-	ok($before{$name}, "destination $name has a worker again");
-}
+wait_destination_workers('again');
 
 ########################################################################
 # DROP EXTENSION and CREATE EXTENSION.
@@ -127,22 +130,10 @@ ok(OutboxTest::poll_until($node, 'postgres',
 	'DROP EXTENSION: every worker of the database exits');
 note(sprintf('DROP EXTENSION until no worker was left: %.2f s', time() - $t0));
 # (CASCADE dropped app.deliver with the type of its argument.)
-$node->safe_psql('victim', q{
-CREATE EXTENSION outbox;
-CREATE FUNCTION app.deliver(m outbox.messages) RETURNS void LANGUAGE sql
-	AS $$ INSERT INTO app.received VALUES (m.id) $$;
-SELECT outbox.create_destination('n1', 'notify', '{"channel": "n1"}');
-SELECT outbox.create_destination('n2', 'notify', '{"channel": "n2"}');
-SELECT outbox.create_destination('f1', 'function', '{"function": "app.deliver"}');
-SELECT outbox.subscribe(d, 'orders.*') FROM unnest(ARRAY['n1', 'n2', 'f1']) d;
-});
+$node->safe_psql('victim', 'CREATE EXTENSION outbox;' . $destinations_sql);
 $id = $node->safe_psql('victim', q{SELECT outbox.save('orders.created', '{"n": 5}'::jsonb)});
 ok(delivered('victim', $id), 'CREATE EXTENSION again: its workers come back and deliver');
-for my $name (qw(n1 n2 f1))
-{
-	$before{$name} = OutboxDestinations::wait_worker($node, $name, dbname => 'victim');
-	ok($before{$name}, "destination $name has a worker again");
-}
+wait_destination_workers('again');
 
 ########################################################################
 # DROP DATABASE.
