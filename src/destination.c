@@ -335,24 +335,22 @@ outbox_alter_destination(PG_FUNCTION_ARGS)
 static const OutboxOption *
 secret_option(const OutboxPublisher *publisher, const char *publisher_name, const char *name)
 {
-	StringInfoData secrets;
+	char	   *secrets;
 	int			i;
 
-	initStringInfo(&secrets);
 	for (i = 0; publisher != NULL && i < publisher->noptions; i++)
 	{
 		const OutboxOption *option = &publisher->options[i];
 
 		if (option->secret && strcmp(option->name, name) == 0)
 			return option;
-		if (option->secret)
-			appendStringInfo(&secrets, "%s%s", secrets.len > 0 ? ", " : "", option->name);
 	}
+	secrets = publisher != NULL ? outbox_secret_option_names(publisher) : "";
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("publisher \"%s\" has no secret option \"%s\"", publisher_name, name),
-			 secrets.len > 0 ?
-			 errdetail("The secret options of publisher \"%s\" are: %s.", publisher_name, secrets.data) :
+			 secrets[0] != '\0' ?
+			 errdetail("The secret options of publisher \"%s\" are: %s.", publisher_name, secrets) :
 			 errdetail("Publisher \"%s\" has no secret options.", publisher_name),
 			 errhint("Set other options with outbox.alter_destination().")));
 	return NULL;				/* keep the compiler quiet */

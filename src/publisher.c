@@ -663,9 +663,12 @@ static const OutboxPublisher *current_publisher = NULL;
 static const char *current_destination = "default";
 static Jsonb *current_options = NULL;
 
-/* The names of a publisher's secret options, for a hint ("" when none). */
-static char *
-secret_option_names(const OutboxPublisher *publisher)
+/*
+ * The names of a publisher's secret options, comma-separated, for a hint
+ * or a detail ("" when none).
+ */
+char *
+outbox_secret_option_names(const OutboxPublisher *publisher)
 {
 	StringInfoData names;
 	int			i;
@@ -750,7 +753,7 @@ outbox_publisher_set_destination(const OutboxPublisher *publisher, const char *n
 	}
 	if (bad != NULL)
 	{
-		char	   *secrets = secret_option_names(publisher);
+		char	   *secrets = outbox_secret_option_names(publisher);
 		char	   *text = psprintf("destination \"%s\" is not used: its option \"%s\" holds a URL with a user name or password",
 									name, bad);
 		char	   *hint = psprintf("Remove them from the URL with outbox.alter_destination(), and set the secret options (%s) with outbox.set_destination_secret().",
@@ -918,7 +921,7 @@ option_error(const OutboxPublisher *publisher, const OutboxOption *option,
 static void
 credentials_error(const OutboxPublisher *publisher, const OutboxOption *option)
 {
-	char	   *secrets = secret_option_names(publisher);
+	char	   *secrets = outbox_secret_option_names(publisher);
 
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -34,5 +34,6 @@ extern void outbox_check_destination_options(const OutboxPublisher *publisher,
 											 Jsonb *options);
 extern bool outbox_option_is_secret(const OutboxPublisher *publisher, const char *name,
 									JsonbValue *value);
+extern char *outbox_secret_option_names(const OutboxPublisher *publisher);
 
 #endif							/* OUTBOX_REGISTRY_H */

@@ -497,12 +497,14 @@ check_id_floor(Datum value)
 static bool
 destinations_given(TupleDesc tupdesc, int destinations_attno, Datum value, bool isnull)
 {
+	ArrayType  *array;
+
 	if (!TupleDescAttr(tupdesc, destinations_attno - 1)->atthasdef)
 		return false;
 	if (isnull)
 		return true;
-	return ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(value)),
-						  ARR_DIMS(DatumGetArrayTypeP(value))) > 0;
+	array = DatumGetArrayTypeP(value);
+	return ArrayGetNItems(ARR_NDIM(array), ARR_DIMS(array)) > 0;
 }
 
 /*
@@ -522,6 +524,9 @@ outbox_route(PG_FUNCTION_ARGS)
 	int			id_attno;
 	bool		isnull;
 	Datum		topic_datum;
+	Datum		id_datum;
+	bool		id_isnull;
+	bool		destinations_isnull;
 	const int32 *ids;
 	int			n;
 	Datum		value;
@@ -543,13 +548,14 @@ outbox_route(PG_FUNCTION_ARGS)
 		elog(ERROR, "outbox.messages lacks the id, topic or destinations column");
 
 	/* Destinations given by a superuser (a restore): taken as it is. */
-	value = heap_getattr(tuple, destinations_attno, tupdesc, &isnull);
-	if (destinations_given(tupdesc, destinations_attno, value, isnull) && superuser())
+	value = heap_getattr(tuple, destinations_attno, tupdesc, &destinations_isnull);
+	if (destinations_given(tupdesc, destinations_attno, value, destinations_isnull) &&
+		superuser())
 		return PointerGetDatum(tuple);
 
-	value = heap_getattr(tuple, id_attno, tupdesc, &isnull);
+	id_datum = heap_getattr(tuple, id_attno, tupdesc, &id_isnull);
 	/* Refused once the backlog is full (outbox.max_backlog); counted else. */
-	if (!isnull && outbox_take_handed_out_id(DatumGetUUIDP(value)))
+	if (!id_isnull && outbox_take_handed_out_id(DatumGetUUIDP(id_datum)))
 		outbox_shmem_admit_message();
 
 	topic_datum = heap_getattr(tuple, topic_attno, tupdesc, &isnull);
@@ -559,12 +565,10 @@ outbox_route(PG_FUNCTION_ARGS)
 		n = outbox_route_topic(TextDatumGetCString(topic_datum), &ids);
 
 	/* A routed message's id is checked more strictly below. */
-	value = heap_getattr(tuple, id_attno, tupdesc, &isnull);
-	if (n == 0 && !isnull)		/* (a NULL id: the primary key refuses it) */
-		check_id_floor(value);
+	if (n == 0 && !id_isnull)	/* (a NULL id: the primary key refuses it) */
+		check_id_floor(id_datum);
 
-	(void) heap_getattr(tuple, destinations_attno, tupdesc, &isnull);
-	if (n == 0 && isnull)
+	if (n == 0 && destinations_isnull)
 		return PointerGetDatum(tuple);	/* (a schema older than 0.3.1) */
 
 	if (n == 0)

@@ -122,12 +122,17 @@ channel_problem(const char *value)
 	return NULL;
 }
 
-/* Why a destination's envelope cannot be one, or NULL. */
+/* Why a destination's envelope is not one of the setting's values, or NULL. */
 static char *
 envelope_problem(const char *value)
 {
-	if (strcmp(value, "full") == 0 || strcmp(value, "id") == 0)
-		return NULL;
+	const struct config_enum_entry *entry;
+
+	for (entry = notify_envelope_entries; entry->name != NULL; entry++)
+	{
+		if (strcmp(value, entry->name) == 0)
+			return NULL;
+	}
 	return pstrdup("The envelope must be full or id.");
 }
 
